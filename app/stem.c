@@ -1,0 +1,50 @@
+/* `stem`: the command-line face of STEM Workbench. One subcommand per action,
+ * each with --help, JSON output where it reports numbers, one-line errors. */
+#include "commands.h"
+#include "cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(int, char **);
+    const char *summary;
+} Command;
+
+static const Command commands[] = {
+    { "train", cmd_train, "train a STEM (or dense) model on the bundled corpus" },
+    { "init", cmd_init, "write a randomly initialized model (tests, benchmarks)" },
+    { "info", cmd_info, "show a model's config, parameter counts, FLOPs and sha256" },
+    { "topk", cmd_topk, "the k most likely next tokens after a prompt" },
+    { "generate", cmd_generate, "continue a prompt" },
+    { "eval", cmd_eval, "evaluate a model (eval facts: fact recall per relation)" },
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: stem COMMAND [OPTIONS]\n\nCommands:\n");
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+        fprintf(out, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "\nRun 'stem COMMAND --help' for a command's options.\n");
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("stem %s\n", STEM_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < G_N_ELEMENTS(commands); i++)
+        if (!strcmp(argv[1], commands[i].name)) return commands[i].fn(argc - 1, argv + 1);
+    fprintf(stderr, "stem: error: unknown command '%s'\nTry 'stem --help'.\n", argv[1]);
+    return 2;
+}

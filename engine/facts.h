@@ -50,6 +50,16 @@ int stem_facts_find(const StemFacts *f, const char *name);   /* -1 if absent */
  * shuffled and each fact appears `repeats` times in different training phrasings. */
 GPtrArray *stem_facts_training_sentences(const StemFacts *f, int repeats, guint64 seed);
 
+/* One sentence per (country, relation) with an answer, in a training phrasing
+ * (cycled so that all are used), shuffled by seed: the facts part of validation. */
+GPtrArray *stem_facts_validation_sentences(const StemFacts *f, guint64 seed);
+
+/* The phrasings of relation r: templates with "{X}" for the country name, prompts that
+ * stop right before the answer. Index 0 is the canonical training prompt; *held_out
+ * (may be NULL) tells whether phrasing i is held out of training text. */
+int stem_facts_n_templates(StemRelation r);
+const char *stem_facts_template(StemRelation r, int i, gboolean *held_out);
+
 /* Evaluation prompts: relation r (or -1 for all), training and/or held-out
  * phrasings. Array of StemFactPrompt* (free with the array). */
 GPtrArray *stem_facts_prompts(const StemFacts *f, int relation, gboolean train_phrasings,

@@ -1,0 +1,485 @@
+/* The transformer forward and backward pass (llm.c style: one parameter buffer,
+ * one activation arena, ops as forward/backward pairs from kernels/cpu). */
+#include "model.h"
+
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#define MODEL_ERROR (g_quark_from_static_string("stem-model-error"))
+
+/* ------------------------------------------------------------------ layout */
+
+/* Every tensor in file order with its offset in the parameter buffer. The same
+ * walk assigns pointers for params and grads and lists tensors for I/O. */
+typedef struct {
+    char name[96];
+    size_t offset, numel;
+    int ndim;
+    int64_t shape[2];
+    gboolean is_table;
+    float **slot;      /* where the pointer goes in a StemWeights (relative) */
+} LayoutEntry;
+
+static GArray *layout(const StemConfig *c, StemWeights *w, size_t *n_backbone, size_t *n_total)
+{
+    GArray *a = g_array_new(FALSE, TRUE, sizeof(LayoutEntry));
+    const int64_t V = c->vocab, D = c->dim, F = c->ffn_dim, hd = D / c->n_heads;
+    const int64_t Hd = c->n_heads * hd, KVd = c->n_kv_heads * hd;
+    size_t off = 0;
+#define ADD(nm, slot_, r, cols, table) do {                                             \
+        LayoutEntry e = {0};                                                            \
+        g_strlcpy(e.name, nm, sizeof e.name);                                           \
+        e.offset = off; e.numel = (size_t)(r) * (size_t)((cols) > 0 ? (cols) : 1);      \
+        e.ndim = (cols) > 0 ? 2 : 1; e.shape[0] = r; e.shape[1] = (cols) > 0 ? (cols) : 0; \
+        e.is_table = table; e.slot = slot_;                                             \
+        g_array_append_val(a, e); off += e.numel;                                       \
+    } while (0)
+    char nm[96];
+    ADD("tok_embeddings.weight", &w->tok_emb, V, D, FALSE);
+    for (int l = 0; l < c->n_layers; l++) {
+        StemLayerWeights *L = &w->layer[l];
+        g_snprintf(nm, sizeof nm, "layers.%d.attention_norm.weight", l); ADD(nm, &L->attn_norm, D, 0, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.attention.wq.weight", l); ADD(nm, &L->wq, Hd, D, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.attention.wk.weight", l); ADD(nm, &L->wk, KVd, D, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.attention.wv.weight", l); ADD(nm, &L->wv, KVd, D, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.attention.wo.weight", l); ADD(nm, &L->wo, D, Hd, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.ffn_norm.weight", l); ADD(nm, &L->ffn_norm, D, 0, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.feed_forward.w1.weight", l); ADD(nm, &L->w1, F, D, FALSE);
+        g_snprintf(nm, sizeof nm, "layers.%d.feed_forward.w2.weight", l); ADD(nm, &L->w2, D, F, FALSE);
+        if (!stem_config_is_stem(c, l)) {
+            g_snprintf(nm, sizeof nm, "layers.%d.feed_forward.w3.weight", l); ADD(nm, &L->w3, F, D, FALSE);
+        }
+    }
+    ADD("norm.weight", &w->norm, D, 0, FALSE);
+    ADD("output.weight", &w->output, V, D, FALSE);
+    *n_backbone = off;
+    for (int j = 0; j < stem_config_n_stem(c); j++) {
+        g_snprintf(nm, sizeof nm, "stem_embeddings.%d.weight", j); ADD(nm, &w->stem[j], V, F, TRUE);
+    }
+#undef ADD
+    *n_total = off;
+    return a;
+}
+
+/* Point every slot of a StemWeights `w` (whose address layout() saw as `tmpl`)
+ * into base. */
+static void assign(GArray *a, const StemWeights *tmpl, StemWeights *w, float *base)
+{
+    memset(w, 0, sizeof *w);
+    for (guint i = 0; i < a->len; i++) {
+        LayoutEntry *e = &g_array_index(a, LayoutEntry, i);
+        size_t rel = (size_t)((char *)e->slot - (char *)tmpl);
+        *(float **)((char *)w + rel) = base + e->offset;
+    }
+}
+
+static float *alloc_floats(size_t n)
+{
+    void *p = NULL;
+    size_t bytes = n * sizeof(float);
+    if (bytes == 0) bytes = 64;
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    if (posix_memalign(&p, 4096, bytes)) return NULL;
+#ifdef MADV_HUGEPAGE
+    /* big arenas: fewer page faults, which are slow on these machines */
+    if (bytes >= (4u << 20)) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+    return p;
+}
+
+/* ------------------------------------------------------------------ lifecycle */
+
+static void make_tables(StemModel *m)
+{
+    const void *base[STEM_MAX_LAYERS];
+    int ns = stem_config_n_stem(&m->cfg);
+    for (int j = 0; j < ns; j++) base[j] = m->w.stem[j];
+    m->tables = stem_tables_new(ns, m->cfg.vocab, m->cfg.ffn_dim, STEM_TABLE_F32, base);
+}
+
+StemModel *stem_model_new(const StemConfig *cfg, GError **error)
+{
+    if (!stem_config_validate(cfg, error)) return NULL;
+    StemModel *m = g_new0(StemModel, 1);
+    m->cfg = *cfg;
+    StemWeights tmpl;
+    GArray *a = layout(cfg, &tmpl, &m->n_backbone, &m->n_params);
+    m->params = alloc_floats(m->n_params);
+    if (!m->params) {
+        g_array_unref(a);
+        g_free(m);
+        g_set_error(error, MODEL_ERROR, 1, "out of memory for %zu parameters", m->n_params);
+        return NULL;
+    }
+    memset(m->params, 0, m->n_params * sizeof(float));
+    assign(a, &tmpl, &m->w, m->params);
+    g_array_unref(a);
+    make_tables(m);
+    return m;
+}
+
+StemModel *stem_model_new_unbound(const StemConfig *cfg)
+{
+    StemModel *m = g_new0(StemModel, 1);
+    m->cfg = *cfg;
+    StemWeights tmpl;
+    GArray *a = layout(cfg, &tmpl, &m->n_backbone, &m->n_params);
+    g_array_unref(a);
+    return m;
+}
+
+static void acts_free(StemActs *a);
+
+void stem_model_free(StemModel *m)
+{
+    if (!m) return;
+    stem_tables_free(m->tables);
+    free(m->params);
+    free(m->grads);
+    free(m->adam_m);
+    free(m->adam_v);
+    acts_free(m->acts);
+    if (m->tok) stem_tokenizer_free(m->tok);
+    if (m->owned) g_ptr_array_unref(m->owned);
+    if (m->file && m->file_close) m->file_close(m->file);
+    g_free(m->path);
+    g_free(m->sha256);
+    g_free(m);
+}
+
+GArray *stem_model_tensors(const StemModel *m)
+{
+    StemWeights tmpl;
+    size_t nb, nt;
+    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
+    GArray *out = g_array_new(FALSE, TRUE, sizeof(StemTensorRef));
+    for (guint i = 0; i < a->len; i++) {
+        LayoutEntry *e = &g_array_index(a, LayoutEntry, i);
+        size_t rel = (size_t)((char *)e->slot - (char *)&tmpl);
+        StemTensorRef r = {0};
+        g_strlcpy(r.name, e->name, sizeof r.name);
+        r.data = *(float **)((const char *)&m->w + rel);
+        r.grad = m->grads ? *(float **)((const char *)&m->g + rel) : NULL;
+        r.ndim = e->ndim;
+        r.shape[0] = e->shape[0];
+        r.shape[1] = e->shape[1];
+        r.is_table = e->is_table;
+        g_array_append_val(out, r);
+    }
+    g_array_unref(a);
+    return out;
+}
+
+/* ------------------------------------------------------------------ init */
+
+/* splitmix64 + Box-Muller: tiny, deterministic, good enough for init. */
+static guint64 sm64(guint64 *s)
+{
+    guint64 z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void fill_normal(float *x, size_t n, float std, guint64 seed)
+{
+    guint64 s = seed;
+    for (size_t i = 0; i < n; i += 2) {
+        double u1 = ((sm64(&s) >> 11) + 1.0) * (1.0 / 9007199254740993.0);
+        double u2 = (sm64(&s) >> 11) * (1.0 / 9007199254740992.0);
+        double r = sqrt(-2.0 * log(u1));
+        x[i] = (float)(r * cos(2 * G_PI * u2) * std);
+        if (i + 1 < n) x[i + 1] = (float)(r * sin(2 * G_PI * u2) * std);
+    }
+}
+
+void stem_model_init_weights(StemModel *m, guint64 seed)
+{
+    GArray *t = stem_model_tensors(m);
+    const float out_scale = 1.0f / sqrtf(2.0f * (float)m->cfg.n_layers);
+    for (guint i = 0; i < t->len; i++) {
+        StemTensorRef *r = &g_array_index(t, StemTensorRef, i);
+        size_t n = (size_t)r->shape[0] * (size_t)(r->ndim == 2 ? r->shape[1] : 1);
+        guint64 s = seed * 1000003ull + i * 7919ull + 17;
+        if (r->ndim == 1) {
+            for (size_t k = 0; k < n; k++) r->data[k] = 1.0f;
+        } else if (r->is_table) {
+            fill_normal(r->data, n, sqrtf(2.0f / (float)(m->cfg.vocab + m->cfg.ffn_dim)), s);
+        } else {
+            float std = 0.02f;
+            if (g_str_has_suffix(r->name, ".wo.weight") || g_str_has_suffix(r->name, ".w2.weight")) std *= out_scale;
+            fill_normal(r->data, n, std, s);
+        }
+    }
+    g_array_unref(t);
+}
+
+gboolean stem_model_alloc_training(StemModel *m, GError **error)
+{
+    if (!m->params) {
+        g_set_error(error, MODEL_ERROR, 2, "model weights are read-only (mapped); load it trainable to train");
+        return FALSE;
+    }
+    if (m->grads) return TRUE;
+    m->grads = alloc_floats(m->n_params);
+    m->adam_m = alloc_floats(m->n_params);
+    m->adam_v = alloc_floats(m->n_params);
+    if (!m->grads || !m->adam_m || !m->adam_v) {
+        g_set_error(error, MODEL_ERROR, 1, "out of memory for training state (%zu parameters)", m->n_params);
+        return FALSE;
+    }
+    memset(m->grads, 0, m->n_params * sizeof(float));
+    memset(m->adam_m, 0, m->n_params * sizeof(float));
+    memset(m->adam_v, 0, m->n_params * sizeof(float));
+    StemWeights tmpl;
+    size_t nb, nt;
+    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
+    assign(a, &tmpl, &m->g, m->grads);
+    g_array_unref(a);
+    m->adam_t = 0;
+    return TRUE;
+}
+
+void stem_model_zero_grad(StemModel *m)
+{
+    if (m->grads) memset(m->grads, 0, m->n_params * sizeof(float));
+}
+
+/* ------------------------------------------------------------------ activations */
+
+struct StemActs {
+    int B, T, last_only, has_targets;
+    size_t cap;                   /* floats allocated */
+    float *arena;
+    int32_t *ids, *targets;       /* [N] copies */
+    size_t ids_cap;
+    float *x_in[STEM_MAX_LAYERS]; /* [N, D] residual entering layer l */
+    float *rstd1[STEM_MAX_LAYERS], *rstd2[STEM_MAX_LAYERS];   /* [N] */
+    float *a[STEM_MAX_LAYERS];    /* [N, D] attention-normed input */
+    float *q[STEM_MAX_LAYERS];    /* [N, H*hd] after RoPE */
+    float *k[STEM_MAX_LAYERS], *v[STEM_MAX_LAYERS];           /* [N, KV*hd] (k after RoPE) */
+    float *att[STEM_MAX_LAYERS];  /* [B, H, T, T] softmax probabilities */
+    float *o[STEM_MAX_LAYERS];    /* [N, H*hd] attention output before wo */
+    float *h_mid[STEM_MAX_LAYERS];/* [N, D] residual after attention */
+    float *f[STEM_MAX_LAYERS];    /* [N, D] ffn-normed */
+    float *g[STEM_MAX_LAYERS], *u[STEM_MAX_LAYERS], *mm[STEM_MAX_LAYERS]; /* [N, F] gate, up row, product */
+    float *h_out;                 /* [N, D] final residual */
+    float *rstd_f;                /* [N] */
+    float *nf;                    /* [N, D] final normed */
+    float *last;                  /* [B, D] last positions of nf (last_only) */
+    float *logits;                /* [N or B, V]; probabilities after a loss forward */
+    /* backward scratch */
+    float *dres, *dtmp;           /* [N, D] */
+    float *dq, *dk, *dv, *dO;     /* [N, H*hd], [N, KV*hd] x2, [N, H*hd] */
+    float *datt;                  /* [B, H, T, T] */
+    float *dg, *du, *dm;          /* [N, F] */
+};
+
+static void acts_free(StemActs *a)
+{
+    if (!a) return;
+    free(a->arena);
+    g_free(a->ids);
+    g_free(a->targets);
+    g_free(a);
+}
+
+/* Carve (or just size, when base == NULL) the arena for (B, T). */
+static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int last_only, float *base)
+{
+    const size_t N = (size_t)B * T, D = c->dim, F = c->ffn_dim, hd = D / c->n_heads;
+    const size_t Hd = c->n_heads * hd, KVd = c->n_kv_heads * hd, att = (size_t)B * c->n_heads * T * T;
+    size_t off = 0;
+#define TAKE(ptr, n) do { if (base) (ptr) = base + off; off += ((n) + 15) & ~(size_t)15; } while (0)
+    for (int l = 0; l < c->n_layers; l++) {
+        TAKE(a->x_in[l], N * D);
+        TAKE(a->rstd1[l], N);
+        TAKE(a->rstd2[l], N);
+        TAKE(a->a[l], N * D);
+        TAKE(a->q[l], N * Hd);
+        TAKE(a->k[l], N * KVd);
+        TAKE(a->v[l], N * KVd);
+        TAKE(a->att[l], att);
+        TAKE(a->o[l], N * Hd);
+        TAKE(a->h_mid[l], N * D);
+        TAKE(a->f[l], N * D);
+        TAKE(a->g[l], N * F);
+        TAKE(a->u[l], N * F);
+        TAKE(a->mm[l], N * F);
+    }
+    TAKE(a->h_out, N * D);
+    TAKE(a->rstd_f, N);
+    TAKE(a->nf, N * D);
+    TAKE(a->last, (size_t)B * D);
+    TAKE(a->logits, (last_only ? (size_t)B : N) * (size_t)c->vocab);
+    if (!last_only) {
+        TAKE(a->dres, N * D);
+        TAKE(a->dtmp, N * D);
+        TAKE(a->dq, N * Hd);
+        TAKE(a->dk, N * KVd);
+        TAKE(a->dv, N * KVd);
+        TAKE(a->dO, N * Hd);
+        TAKE(a->datt, att);
+        TAKE(a->dg, N * F);
+        TAKE(a->du, N * F);
+        TAKE(a->dm, N * F);
+    }
+#undef TAKE
+    return off;
+}
+
+static StemActs *acts_prepare(StemModel *m, int B, int T, int last_only)
+{
+    StemActs *a = m->acts;
+    if (!a) a = m->acts = g_new0(StemActs, 1);
+    size_t need = acts_carve(a, &m->cfg, B, T, last_only, NULL);
+    if (need > a->cap) {
+        free(a->arena);
+        a->arena = alloc_floats(need);
+        if (!a->arena) g_error("out of memory for activations (%zu MB)", need * 4 >> 20);
+        a->cap = need;
+    }
+    acts_carve(a, &m->cfg, B, T, last_only, a->arena);
+    size_t N = (size_t)B * T;
+    if (N > a->ids_cap) {
+        a->ids = g_renew(int32_t, a->ids, N);
+        a->targets = g_renew(int32_t, a->targets, N);
+        a->ids_cap = N;
+    }
+    a->B = B;
+    a->T = T;
+    a->last_only = last_only;
+    return a;
+}
+
+/* ------------------------------------------------------------------ forward */
+
+/* STEM FFN rows: u[N, F] = U_j[ids]. Training models with no edit overlay read
+ * the fp32 parameter buffer directly (parallel copy); everything else goes
+ * through the table store so edits are seen. */
+static void gather_rows(StemModel *m, int j, const int32_t *ids, int N, float *u)
+{
+    if (m->params && stem_tables_n_overrides(m->tables) == 0)
+        op_embedding_forward(u, m->w.stem[j], ids, N, m->cfg.ffn_dim);
+    else
+        stem_tables_gather(m->tables, j, ids, N, u);
+}
+
+float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *targets, int B, int T,
+                         gboolean last_only)
+{
+    const StemConfig *c = &m->cfg;
+    const int D = c->dim, F = c->ffn_dim, V = c->vocab, H = c->n_heads, KV = c->n_kv_heads;
+    const int hd = D / H, N = B * T;
+    g_return_val_if_fail(T >= 1 && T <= c->seq_len && B >= 1, NAN);
+    StemActs *a = acts_prepare(m, B, T, last_only && !targets);
+    memcpy(a->ids, ids, sizeof(int32_t) * (size_t)N);
+    a->has_targets = targets != NULL;
+    if (targets) memcpy(a->targets, targets, sizeof(int32_t) * (size_t)N);
+
+    op_embedding_forward(a->x_in[0], m->w.tok_emb, a->ids, N, D);
+    for (int l = 0; l < c->n_layers; l++) {
+        const StemLayerWeights *L = &m->w.layer[l];
+        float *x = a->x_in[l];
+        op_rmsnorm_forward(a->a[l], a->rstd1[l], x, L->attn_norm, N, D, c->norm_eps);
+        op_matmul_forward(a->q[l], a->a[l], L->wq, N, D, H * hd, 0);
+        op_matmul_forward(a->k[l], a->a[l], L->wk, N, D, KV * hd, 0);
+        op_matmul_forward(a->v[l], a->a[l], L->wv, N, D, KV * hd, 0);
+        op_rope_forward(a->q[l], B, T, H, hd, c->rope_theta);
+        op_rope_forward(a->k[l], B, T, KV, hd, c->rope_theta);
+        op_attention_forward(a->o[l], a->att[l], a->q[l], a->k[l], a->v[l], B, T, H, KV, hd);
+        memcpy(a->h_mid[l], x, sizeof(float) * (size_t)N * D);
+        op_matmul_forward(a->h_mid[l], a->o[l], L->wo, N, H * hd, D, 1);
+
+        op_rmsnorm_forward(a->f[l], a->rstd2[l], a->h_mid[l], L->ffn_norm, N, D, c->norm_eps);
+        op_matmul_forward(a->g[l], a->f[l], L->w1, N, D, F, 0);
+        int j = stem_config_stem_index(c, l);
+        if (j >= 0) gather_rows(m, j, a->ids, N, a->u[l]);
+        else op_matmul_forward(a->u[l], a->f[l], L->w3, N, D, F, 0);
+        op_swiglu_forward(a->mm[l], a->g[l], a->u[l], (size_t)N * F);
+        float *next = l + 1 < c->n_layers ? a->x_in[l + 1] : a->h_out;
+        memcpy(next, a->h_mid[l], sizeof(float) * (size_t)N * D);
+        op_matmul_forward(next, a->mm[l], L->w2, N, F, D, 1);
+    }
+    op_rmsnorm_forward(a->nf, a->rstd_f, a->h_out, m->w.norm, N, D, c->norm_eps);
+    if (a->last_only) {
+        for (int b = 0; b < B; b++)
+            memcpy(a->last + (size_t)b * D, a->nf + ((size_t)b * T + T - 1) * D, sizeof(float) * D);
+        op_matmul_forward(a->logits, a->last, m->w.output, B, D, V, 0);
+        return 0.0f;
+    }
+    op_matmul_forward(a->logits, a->nf, m->w.output, N, D, V, 0);
+    if (!targets) return 0.0f;
+    /* softmax in place: backward reads the probabilities */
+    return op_crossentropy_forward(a->logits, a->logits, a->targets, N, V);
+}
+
+const float *stem_model_logits(const StemModel *m, int b, int t)
+{
+    const StemActs *a = m->acts;
+    if (!a || b < 0 || b >= a->B || t < 0 || t >= a->T) return NULL;
+    if (a->last_only) return t == a->T - 1 ? a->logits + (size_t)b * m->cfg.vocab : NULL;
+    return a->logits + ((size_t)b * a->T + t) * m->cfg.vocab;
+}
+
+const float *stem_model_residual(const StemModel *m, int l, int b, int t)
+{
+    const StemActs *a = m->acts;
+    if (!a || b < 0 || b >= a->B || t < 0 || t >= a->T || l < -1 || l >= m->cfg.n_layers) return NULL;
+    const float *base = l + 1 < m->cfg.n_layers ? a->x_in[l + 1] : a->h_out;
+    return base + ((size_t)b * a->T + t) * m->cfg.dim;
+}
+
+/* ------------------------------------------------------------------ backward */
+
+void stem_model_backward(StemModel *m)
+{
+    const StemConfig *c = &m->cfg;
+    StemActs *a = m->acts;
+    g_return_if_fail(a && a->has_targets && !a->last_only && m->grads);
+    const int B = a->B, T = a->T, N = B * T;
+    const int D = c->dim, F = c->ffn_dim, V = c->vocab, H = c->n_heads, KV = c->n_kv_heads, hd = D / H;
+    const size_t ND = (size_t)N * D;
+
+    /* logits hold probabilities; turn them into dlogits in place */
+    op_crossentropy_backward(a->logits, a->logits, a->targets, N, V);
+    memset(a->dtmp, 0, sizeof(float) * ND);
+    op_matmul_backward(a->dtmp, m->g.output, a->logits, a->nf, m->w.output, N, D, V);
+    memset(a->dres, 0, sizeof(float) * ND);
+    op_rmsnorm_backward(a->dres, m->g.norm, a->dtmp, a->h_out, m->w.norm, a->rstd_f, N, D);
+
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        const StemLayerWeights *L = &m->w.layer[l];
+        StemLayerWeights *G = &m->g.layer[l];
+        /* FFN block: out = h_mid + W2 (silu(W1 f) * u); dres is d(out) and flows to h_mid */
+        memset(a->dm, 0, sizeof(float) * (size_t)N * F);
+        op_matmul_backward(a->dm, G->w2, a->dres, a->mm[l], L->w2, N, F, D);
+        op_swiglu_backward(a->dg, a->du, a->dm, a->g[l], a->u[l], (size_t)N * F);
+        memset(a->dtmp, 0, sizeof(float) * ND);
+        int j = stem_config_stem_index(c, l);
+        if (j >= 0) op_embedding_backward(m->g.stem[j], a->du, a->ids, N, F);
+        else op_matmul_backward(a->dtmp, G->w3, a->du, a->f[l], L->w3, N, D, F);
+        op_matmul_backward(a->dtmp, G->w1, a->dg, a->f[l], L->w1, N, D, F);
+        op_rmsnorm_backward(a->dres, G->ffn_norm, a->dtmp, a->h_mid[l], L->ffn_norm, a->rstd2[l], N, D);
+
+        /* attention block: h_mid = x + Wo attn(q, k, v) */
+        memset(a->dO, 0, sizeof(float) * (size_t)N * H * hd);
+        op_matmul_backward(a->dO, G->wo, a->dres, a->o[l], L->wo, N, H * hd, D);
+        op_attention_backward(a->dq, a->dk, a->dv, a->datt, a->dO, a->att[l], a->q[l], a->k[l], a->v[l],
+                              B, T, H, KV, hd);
+        op_rope_backward(a->dq, B, T, H, hd, c->rope_theta);
+        op_rope_backward(a->dk, B, T, KV, hd, c->rope_theta);
+        memset(a->dtmp, 0, sizeof(float) * ND);
+        op_matmul_backward(a->dtmp, G->wq, a->dq, a->a[l], L->wq, N, D, H * hd);
+        op_matmul_backward(a->dtmp, G->wk, a->dk, a->a[l], L->wk, N, D, KV * hd);
+        op_matmul_backward(a->dtmp, G->wv, a->dv, a->a[l], L->wv, N, D, KV * hd);
+        op_rmsnorm_backward(a->dres, G->attn_norm, a->dtmp, a->x_in[l], L->attn_norm, a->rstd1[l], N, D);
+    }
+    op_embedding_backward(m->g.tok_emb, a->dres, a->ids, N, D);
+    a->has_targets = FALSE;   /* probabilities were consumed */
+}

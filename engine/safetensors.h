@@ -7,9 +7,12 @@
  * overflow), offsets (in range, consistent with shape*dtype size, non-overlapping)
  * are all checked before any tensor pointer is handed out, so a truncated,
  * corrupted or hostile file is refused with a GError and never read out of bounds.
- * The writer pads the header so the data section starts 64-byte aligned and every
- * tensor starts at a multiple of 64 bytes, and writes to a temporary file in the
- * same directory that is renamed over the target only once complete. */
+ * The writer pads the header with spaces so the data section starts 64-byte aligned,
+ * lays the tensors out back to back (no gaps: the Python `safetensors` library
+ * refuses files whose offsets do not cover the data section contiguously), largest
+ * element size first so every tensor is aligned to its own element size, and
+ * writes to a temporary file in the same directory that is fsync'ed and renamed
+ * over the target only once complete. */
 #ifndef STEM_ENGINE_SAFETENSORS_H
 #define STEM_ENGINE_SAFETENSORS_H
 
@@ -20,6 +23,19 @@
 typedef enum { ST_F32, ST_BF16, ST_F16, ST_I32, ST_I64, ST_U8, ST_F64 } StDtype;
 
 #define ST_MAX_DIMS 8
+/* Largest JSON header the reader accepts (the Python library uses the same bound). */
+#define ST_MAX_HEADER_BYTES (100u * 1024u * 1024u)
+
+/* Every error from this module is in this domain ("stem-safetensors-error"). */
+#define ST_ERROR (st_error_quark())
+GQuark st_error_quark(void);
+typedef enum {
+    ST_ERROR_IO,          /* open, map, read, write, fsync, rename failed */
+    ST_ERROR_HEADER,      /* length field, JSON syntax, not an object, duplicate keys */
+    ST_ERROR_TENSOR,      /* a tensor entry: dtype, shape, offsets, overlap */
+    ST_ERROR_METADATA,    /* __metadata__ not an object of strings */
+    ST_ERROR_INVALID,     /* writer: bad name, shape or metadata passed by the caller */
+} StError;
 
 typedef struct {
     char *name;
@@ -44,6 +60,17 @@ const StTensor *st_find(const StFile *f, const char *name);
 const char *st_metadata(const StFile *f, const char *key);
 /* Base of the whole mapped file and its size (for hashing). */
 const void *st_file_data(const StFile *f, size_t *len);
+/* __metadata__ entries in header order: 0 <= i < st_n_metadata(f). */
+int st_n_metadata(const StFile *f);
+gboolean st_metadata_nth(const StFile *f, int i, const char **key, const char **value);
+
+/* Element count (product of the shape; 1 for a scalar). */
+int64_t st_tensor_numel(const StTensor *t);
+/* TRUE when t->data is a multiple of align bytes. Files written by st_writer_write
+ * have every tensor aligned to its element size (so F32 data is 4-byte aligned and
+ * can be used as float* in place); files from elsewhere may not be: callers must
+ * check and copy unaligned tensors before using them as typed arrays. */
+gboolean st_tensor_aligned(const StTensor *t, size_t align);
 
 size_t st_dtype_size(StDtype d);
 const char *st_dtype_name(StDtype d);
@@ -61,7 +88,10 @@ void st_writer_set_metadata(StWriter *w, const char *key, const char *value);
 gboolean st_writer_write(StWriter *w, const char *path, GError **error);
 void st_writer_free(StWriter *w);
 
-/* bf16 <-> f32 */
+/* SHA-256 of a file as 64 lowercase hex digits (g_free), streamed in 1 MiB chunks. */
+char *st_sha256_file(const char *path, GError **error);
+
+/* bf16 <-> f32 (f32 -> bf16 rounds to nearest even; NaN stays NaN, sign kept) */
 float st_bf16_to_f32(uint16_t h);
 uint16_t st_f32_to_bf16(float f);
 

@@ -17,10 +17,19 @@ enum { STEM_TOK_BOS = 256, STEM_TOK_EOS = 257, STEM_TOK_PAD = 258, STEM_TOK_N_BA
 
 typedef struct StemTokenizer StemTokenizer;
 
+/* Errors from stem_tokenizer_from_json (domain "stem-tokenizer-error"). */
+#define STEM_TOKENIZER_ERROR (stem_tokenizer_error_quark())
+typedef enum {
+  STEM_TOKENIZER_ERROR_PARSE,   /* not JSON, or not the expected shape */
+  STEM_TOKENIZER_ERROR_INVALID, /* well-formed but inconsistent (ids, counts, lengths) */
+} StemTokenizerError;
+GQuark stem_tokenizer_error_quark(void);
+
 /* progress(frac in [0,1], user) may be NULL. Deterministic for the same input. */
 typedef void (*StemProgressFn)(double frac, void *user);
 
-/* Train to vocab_size total tokens (>= STEM_TOK_N_BASE). */
+/* Train to vocab_size total tokens (>= STEM_TOK_N_BASE). A text too small to supply that
+ * many merges gives a smaller vocabulary: check stem_tokenizer_vocab_size. */
 StemTokenizer *stem_tokenizer_train(const char *text, size_t len, int vocab_size,
                                     StemProgressFn progress, void *user);
 void stem_tokenizer_free(StemTokenizer *tok);
@@ -34,7 +43,8 @@ char *stem_tokenizer_decode(const StemTokenizer *tok, const int32_t *ids, size_t
 /* Raw bytes of one token (not NUL-terminated); NULL for an invalid id.
  * Special tokens return their names ("<bos>", "<eos>", "<pad>"). */
 const char *stem_tokenizer_token_bytes(const StemTokenizer *tok, int id, size_t *len_out);
-/* Exact token id for a byte string, or -1 when it is not a single token. */
+/* Exact token id for a byte string, or -1 when it is not a single token.
+ * Special tokens are not byte strings: lookup("<bos>") is -1. */
 int stem_tokenizer_lookup(const StemTokenizer *tok, const char *bytes, size_t len);
 
 /* Serialization (stored as a JSON string in the model file's __metadata__).

@@ -1,0 +1,526 @@
+/* CPU ops: forward/backward pairs (see ops.h for the conventions).
+ *
+ * GEMMs go to OpenBLAS (single-threaded; we split the work over our pool).
+ * Everything else is plain C loops the compiler vectorizes. Every split is over
+ * independent outputs, so no floating-point sum depends on the thread count. */
+#include "ops.h"
+#include "pool.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows per task for row-parallel elementwise work. */
+#define ROWS_MIN 4
+
+/* ------------------------------------------------------------------ matmul */
+
+typedef struct {
+    float *y, *dx, *dw;
+    const float *x, *w, *dy;
+    int N, in, out;
+    float beta;
+} MatmulCtx;
+
+static void mm_fwd_rows(void *p, size_t b, size_t e)
+{
+    MatmulCtx *c = p;
+    /* y[b:e, :] = x[b:e, :] W^T */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)(e - b), c->out, c->in, 1.0f,
+                c->x + b * (size_t)c->in, c->in, c->w, c->in, c->beta, c->y + b * (size_t)c->out, c->out);
+}
+
+static void mm_fwd_cols(void *p, size_t b, size_t e)
+{
+    MatmulCtx *c = p;
+    /* y[:, b:e] = x W[b:e, :]^T   (decode path: few rows, split the outputs) */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c->N, (int)(e - b), c->in, 1.0f,
+                c->x, c->in, c->w + b * (size_t)c->in, c->in, c->beta, c->y + b, c->out);
+}
+
+void op_matmul_forward(float *y, const float *x, const float *w, int N, int in, int out, int accumulate)
+{
+    MatmulCtx c = { .y = y, .x = x, .w = w, .N = N, .in = in, .out = out, .beta = accumulate ? 1.0f : 0.0f };
+    int nt = pool_threads();
+    if (N >= 16 * nt) pool_for((size_t)N, 16, mm_fwd_rows, &c);
+    else pool_for((size_t)out, 64, mm_fwd_cols, &c);
+}
+
+static void mm_bwd_dx(void *p, size_t b, size_t e)
+{
+    MatmulCtx *c = p;
+    /* dx[b:e, :] += dy[b:e, :] W */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(e - b), c->in, c->out, 1.0f,
+                c->dy + b * (size_t)c->out, c->out, c->w, c->in, 1.0f, c->dx + b * (size_t)c->in, c->in);
+}
+
+static void mm_bwd_dw(void *p, size_t b, size_t e)
+{
+    MatmulCtx *c = p;
+    /* dw[b:e, :] += dy[:, b:e]^T x */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)(e - b), c->in, c->N, 1.0f,
+                c->dy + b, c->out, c->x, c->in, 1.0f, c->dw + b * (size_t)c->in, c->in);
+}
+
+void op_matmul_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                        int N, int in, int out)
+{
+    MatmulCtx c = { .dx = dx, .dw = dw, .dy = dy, .x = x, .w = w, .N = N, .in = in, .out = out };
+    if (dx) pool_for((size_t)N, 16, mm_bwd_dx, &c);
+    if (dw) pool_for((size_t)out, 16, mm_bwd_dw, &c);
+}
+
+/* ------------------------------------------------------------------ rmsnorm */
+
+typedef struct {
+    float *y, *rstd, *dx, *dg;
+    const float *x, *g, *dy, *rstd_in;
+    int N, D;
+    float eps;
+} NormCtx;
+
+static void rms_fwd(void *p, size_t b, size_t e)
+{
+    NormCtx *c = p;
+    for (size_t i = b; i < e; i++) {
+        const float *xi = c->x + i * (size_t)c->D;
+        float *yi = c->y + i * (size_t)c->D;
+        float ss = 0.0f;
+        for (int j = 0; j < c->D; j++) ss += xi[j] * xi[j];
+        float r = 1.0f / sqrtf(ss / (float)c->D + c->eps);
+        c->rstd[i] = r;
+        for (int j = 0; j < c->D; j++) yi[j] = xi[j] * r * c->g[j];
+    }
+}
+
+void op_rmsnorm_forward(float *y, float *rstd, const float *x, const float *g, int N, int D, float eps)
+{
+    NormCtx c = { .y = y, .rstd = rstd, .x = x, .g = g, .N = N, .D = D, .eps = eps };
+    pool_for((size_t)N, ROWS_MIN, rms_fwd, &c);
+}
+
+static void rms_bwd_dx(void *p, size_t b, size_t e)
+{
+    NormCtx *c = p;
+    const int D = c->D;
+    for (size_t i = b; i < e; i++) {
+        const float *xi = c->x + i * (size_t)D, *dyi = c->dy + i * (size_t)D;
+        float *dxi = c->dx + i * (size_t)D;
+        float r = c->rstd_in[i];
+        float dot = 0.0f;   /* sum_j dy_j g_j x_j */
+        for (int j = 0; j < D; j++) dot += dyi[j] * c->g[j] * xi[j];
+        float k = dot * r * r * r / (float)D;
+        for (int j = 0; j < D; j++) dxi[j] += dyi[j] * c->g[j] * r - xi[j] * k;
+    }
+}
+
+static void rms_bwd_dg(void *p, size_t b, size_t e)
+{
+    NormCtx *c = p;
+    /* columns [b, e): sum over rows in row order (deterministic) */
+    for (int i = 0; i < c->N; i++) {
+        const float *xi = c->x + (size_t)i * c->D, *dyi = c->dy + (size_t)i * c->D;
+        float r = c->rstd_in[i];
+        for (size_t j = b; j < e; j++) c->dg[j] += dyi[j] * xi[j] * r;
+    }
+}
+
+void op_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
+                         const float *rstd, int N, int D)
+{
+    NormCtx c = { .dx = dx, .dg = dg, .dy = dy, .x = x, .g = g, .rstd_in = rstd, .N = N, .D = D };
+    pool_for((size_t)N, ROWS_MIN, rms_bwd_dx, &c);
+    if (dg) pool_for((size_t)D, 32, rms_bwd_dg, &c);
+}
+
+/* ------------------------------------------------------------------ rope */
+
+typedef struct {
+    float *x;
+    const float *cs;   /* [T, hd/2, 2] cos, sin */
+    int T, nh, hd;
+    float sign;        /* +1 forward, -1 inverse rotation */
+} RopeCtx;
+
+static void rope_rows(void *p, size_t b, size_t e)
+{
+    RopeCtx *c = p;
+    const int half = c->hd / 2;
+    for (size_t r = b; r < e; r++) {
+        const float *cs = c->cs + (size_t)(r % (size_t)c->T) * half * 2;
+        float *row = c->x + r * (size_t)c->nh * c->hd;
+        for (int h = 0; h < c->nh; h++) {
+            float *v = row + h * c->hd;
+            for (int i = 0; i < half; i++) {
+                float co = cs[2 * i], si = c->sign * cs[2 * i + 1];
+                float a = v[2 * i], bb = v[2 * i + 1];
+                v[2 * i] = a * co - bb * si;
+                v[2 * i + 1] = a * si + bb * co;
+            }
+        }
+    }
+}
+
+/* freq_i = theta^(-2i/hd), angle = t * freq_i, computed in float like Lingua's
+ * precompute_freqs_cis so both sides round the same way. */
+static void rope_apply(float *x, int B, int T, int nh, int hd, float theta, float sign)
+{
+    const int half = hd / 2;
+    float *cs = malloc(sizeof(float) * (size_t)T * half * 2);
+    for (int i = 0; i < half; i++) {
+        float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+        for (int t = 0; t < T; t++) {
+            float ang = (float)t * freq;
+            cs[((size_t)t * half + i) * 2] = cosf(ang);
+            cs[((size_t)t * half + i) * 2 + 1] = sinf(ang);
+        }
+    }
+    RopeCtx c = { .x = x, .cs = cs, .T = T, .nh = nh, .hd = hd, .sign = sign };
+    pool_for((size_t)B * T, ROWS_MIN, rope_rows, &c);
+    free(cs);
+}
+
+void op_rope_forward(float *x, int B, int T, int nh, int hd, float theta)
+{
+    rope_apply(x, B, T, nh, hd, theta, 1.0f);
+}
+
+void op_rope_backward(float *dx, int B, int T, int nh, int hd, float theta)
+{
+    rope_apply(dx, B, T, nh, hd, theta, -1.0f);
+}
+
+/* ------------------------------------------------------------------ attention */
+
+typedef struct {
+    float *out, *att, *dq, *dk, *dv, *scratch;
+    const float *q, *k, *v, *dout, *att_in;
+    int B, T, nh, nkv, hd;
+} AttnCtx;
+
+/* one task = one (batch, head) */
+static void attn_fwd(void *p, size_t b, size_t e)
+{
+    AttnCtx *c = p;
+    const int T = c->T, hd = c->hd, qs = c->nh * hd, ks = c->nkv * hd, grp = c->nh / c->nkv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (size_t task = b; task < e; task++) {
+        int bi = (int)(task / (size_t)c->nh), h = (int)(task % (size_t)c->nh), kh = h / grp;
+        const float *q = c->q + (size_t)bi * T * qs + h * hd;
+        const float *k = c->k + (size_t)bi * T * ks + kh * hd;
+        const float *v = c->v + (size_t)bi * T * ks + kh * hd;
+        float *att = c->att + task * (size_t)T * T;
+        float *out = c->out + (size_t)bi * T * qs + h * hd;
+        /* S[T,T] = scale * Q K^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, scale, q, qs, k, ks, 0.0f, att, T);
+        for (int t = 0; t < T; t++) {
+            float *row = att + (size_t)t * T;
+            float mx = row[0];
+            for (int u = 1; u <= t; u++) if (row[u] > mx) mx = row[u];
+            float sum = 0.0f;
+            for (int u = 0; u <= t; u++) { row[u] = expf(row[u] - mx); sum += row[u]; }
+            float inv = 1.0f / sum;
+            for (int u = 0; u <= t; u++) row[u] *= inv;
+            for (int u = t + 1; u < T; u++) row[u] = 0.0f;
+        }
+        /* O[T,hd] = P V */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, att, T, v, ks, 0.0f, out, qs);
+    }
+}
+
+void op_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                          int B, int T, int nh, int nkv, int hd)
+{
+    AttnCtx c = { .out = out, .att = att, .q = q, .k = k, .v = v, .B = B, .T = T, .nh = nh, .nkv = nkv, .hd = hd };
+    pool_for((size_t)B * nh, 1, attn_fwd, &c);
+}
+
+/* one task = one (batch, kv head): the query heads of a group all write the
+ * same dK/dV slice, so a group stays on one thread and sums in head order. */
+static void attn_bwd(void *p, size_t b, size_t e)
+{
+    AttnCtx *c = p;
+    const int T = c->T, hd = c->hd, qs = c->nh * hd, ks = c->nkv * hd, grp = c->nh / c->nkv;
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (size_t task = b; task < e; task++) {
+        int bi = (int)(task / (size_t)c->nkv), kh = (int)(task % (size_t)c->nkv);
+        const float *k = c->k + (size_t)bi * T * ks + kh * hd;
+        const float *v = c->v + (size_t)bi * T * ks + kh * hd;
+        float *dk = c->dk + (size_t)bi * T * ks + kh * hd;
+        float *dv = c->dv + (size_t)bi * T * ks + kh * hd;
+        for (int t = 0; t < T; t++) {
+            memset(dk + (size_t)t * ks, 0, sizeof(float) * hd);
+            memset(dv + (size_t)t * ks, 0, sizeof(float) * hd);
+        }
+        for (int g = 0; g < grp; g++) {
+            int h = kh * grp + g;
+            size_t ah = (size_t)bi * c->nh + h;
+            const float *P = c->att_in + ah * (size_t)T * T;
+            float *dS = c->scratch + ah * (size_t)T * T;
+            const float *q = c->q + (size_t)bi * T * qs + h * hd;
+            const float *dO = c->dout + (size_t)bi * T * qs + h * hd;
+            float *dq = c->dq + (size_t)bi * T * qs + h * hd;
+            /* dV += P^T dO */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, P, T, dO, qs, 1.0f, dv, ks);
+            /* dP = dO V^T  (into dS) */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, hd, 1.0f, dO, qs, v, ks, 0.0f, dS, T);
+            /* dS = P * (dP - rowsum(dP * P)) * scale; masked entries have P = 0 */
+            for (int t = 0; t < T; t++) {
+                const float *pr = P + (size_t)t * T;
+                float *dr = dS + (size_t)t * T;
+                float dot = 0.0f;
+                for (int u = 0; u <= t; u++) dot += pr[u] * dr[u];
+                for (int u = 0; u <= t; u++) dr[u] = pr[u] * (dr[u] - dot) * scale;
+                for (int u = t + 1; u < T; u++) dr[u] = 0.0f;
+            }
+            /* dQ = dS K ; dK += dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, k, ks, 0.0f, dq, qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, hd, T, 1.0f, dS, T, q, qs, 1.0f, dk, ks);
+        }
+    }
+}
+
+void op_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                           const float *att, const float *q, const float *k, const float *v,
+                           int B, int T, int nh, int nkv, int hd)
+{
+    AttnCtx c = { .dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .dout = dout, .att_in = att,
+                  .q = q, .k = k, .v = v, .B = B, .T = T, .nh = nh, .nkv = nkv, .hd = hd };
+    pool_for((size_t)B * nkv, 1, attn_bwd, &c);
+}
+
+/* ------------------------------------------------------------------ swiglu */
+
+typedef struct {
+    float *m, *dg, *du;
+    const float *g, *u, *dm;
+} GluCtx;
+
+static void glu_fwd(void *p, size_t b, size_t e)
+{
+    GluCtx *c = p;
+    for (size_t i = b; i < e; i++) {
+        float g = c->g[i];
+        c->m[i] = g / (1.0f + expf(-g)) * c->u[i];
+    }
+}
+
+void op_swiglu_forward(float *m, const float *g, const float *u, size_t n)
+{
+    GluCtx c = { .m = m, .g = g, .u = u };
+    pool_for(n, 4096, glu_fwd, &c);
+}
+
+static void glu_bwd(void *p, size_t b, size_t e)
+{
+    GluCtx *c = p;
+    for (size_t i = b; i < e; i++) {
+        float g = c->g[i], dm = c->dm[i], u = c->u[i];
+        float s = 1.0f / (1.0f + expf(-g));
+        float silu = g * s;
+        c->dg[i] = dm * u * (s + silu * (1.0f - s));
+        c->du[i] = dm * silu;
+    }
+}
+
+void op_swiglu_backward(float *dg, float *du, const float *dm, const float *g, const float *u, size_t n)
+{
+    GluCtx c = { .dg = dg, .du = du, .dm = dm, .g = g, .u = u };
+    pool_for(n, 4096, glu_bwd, &c);
+}
+
+/* ------------------------------------------------------------------ embedding */
+
+typedef struct {
+    float *out, *dtable;
+    const float *table, *dout;
+    const int32_t *ids;
+    int N, D;
+} EmbCtx;
+
+static void emb_fwd(void *p, size_t b, size_t e)
+{
+    EmbCtx *c = p;
+    for (size_t i = b; i < e; i++)
+        memcpy(c->out + i * (size_t)c->D, c->table + (size_t)c->ids[i] * c->D, sizeof(float) * c->D);
+}
+
+void op_embedding_forward(float *out, const float *table, const int32_t *ids, int N, int D)
+{
+    EmbCtx c = { .out = out, .table = table, .ids = ids, .N = N, .D = D };
+    pool_for((size_t)N, 16, emb_fwd, &c);
+}
+
+static void emb_bwd(void *p, size_t b, size_t e)
+{
+    EmbCtx *c = p;
+    /* this thread owns columns [b, e) of every row: positions summed in order */
+    for (int i = 0; i < c->N; i++) {
+        float *dst = c->dtable + (size_t)c->ids[i] * c->D;
+        const float *src = c->dout + (size_t)i * c->D;
+        for (size_t j = b; j < e; j++) dst[j] += src[j];
+    }
+}
+
+void op_embedding_backward(float *dtable, const float *dout, const int32_t *ids, int N, int D)
+{
+    EmbCtx c = { .dtable = dtable, .dout = dout, .ids = ids, .N = N, .D = D };
+    pool_for((size_t)D, 64, emb_bwd, &c);
+}
+
+/* ------------------------------------------------------------------ residual */
+
+typedef struct { float *y; const float *x; } AddCtx;
+
+static void add_part(void *p, size_t b, size_t e)
+{
+    AddCtx *c = p;
+    for (size_t i = b; i < e; i++) c->y[i] += c->x[i];
+}
+
+void op_add_inplace(float *y, const float *x, size_t n)
+{
+    AddCtx c = { y, x };
+    pool_for(n, 16384, add_part, &c);
+}
+
+/* ------------------------------------------------------------------ cross-entropy */
+
+typedef struct {
+    float *probs, *dl;
+    const float *logits, *probs_in;
+    const int32_t *tg;
+    int V;
+    float inv_valid;
+} CeCtx;
+
+static void ce_fwd(void *p, size_t b, size_t e)
+{
+    CeCtx *c = p;
+    for (size_t i = b; i < e; i++) {
+        const float *l = c->logits + i * (size_t)c->V;
+        float *pr = c->probs + i * (size_t)c->V;
+        float mx = l[0];
+        for (int j = 1; j < c->V; j++) if (l[j] > mx) mx = l[j];
+        float sum = 0.0f;
+        for (int j = 0; j < c->V; j++) { pr[j] = expf(l[j] - mx); sum += pr[j]; }
+        float inv = 1.0f / sum;
+        for (int j = 0; j < c->V; j++) pr[j] *= inv;
+    }
+}
+
+float op_crossentropy_forward(float *probs, const float *logits, const int32_t *targets, int N, int V)
+{
+    CeCtx c = { .probs = probs, .logits = logits, .tg = targets, .V = V };
+    pool_for((size_t)N, ROWS_MIN, ce_fwd, &c);
+    double loss = 0.0;
+    int valid = 0;
+    for (int i = 0; i < N; i++) {
+        if (targets[i] < 0) continue;
+        float pt = probs[(size_t)i * V + targets[i]];
+        loss -= log(pt > 1e-30f ? (double)pt : 1e-30);
+        valid++;
+    }
+    return valid ? (float)(loss / valid) : 0.0f;
+}
+
+static void ce_bwd(void *p, size_t b, size_t e)
+{
+    CeCtx *c = p;
+    for (size_t i = b; i < e; i++) {
+        float *d = c->dl + i * (size_t)c->V;
+        const float *pr = c->probs_in + i * (size_t)c->V;
+        if (c->tg[i] < 0) { memset(d, 0, sizeof(float) * c->V); continue; }
+        for (int j = 0; j < c->V; j++) d[j] = pr[j] * c->inv_valid;
+        d[c->tg[i]] -= c->inv_valid;
+    }
+}
+
+void op_crossentropy_backward(float *dlogits, const float *probs, const int32_t *targets, int N, int V)
+{
+    int valid = 0;
+    for (int i = 0; i < N; i++) valid += targets[i] >= 0;
+    CeCtx c = { .dl = dlogits, .probs_in = probs, .tg = targets, .V = V,
+                .inv_valid = valid ? 1.0f / (float)valid : 0.0f };
+    pool_for((size_t)N, ROWS_MIN, ce_bwd, &c);
+}
+
+/* ------------------------------------------------------------------ AdamW */
+
+typedef struct {
+    float *p, *m, *v;
+    const float *g;
+    float lr, b1, b2, eps, wd, bc1, bc2, gs;
+} AdamCtx;
+
+static void adam_part(void *pp, size_t b, size_t e)
+{
+    AdamCtx *c = pp;
+    for (size_t i = b; i < e; i++) {
+        float g = c->g[i] * c->gs;
+        float m = c->b1 * c->m[i] + (1.0f - c->b1) * g;
+        float v = c->b2 * c->v[i] + (1.0f - c->b2) * g * g;
+        c->m[i] = m;
+        c->v[i] = v;
+        float mhat = m / c->bc1, vhat = v / c->bc2;
+        /* PyTorch order: decay first, then the Adam step */
+        float p = c->p[i] * (1.0f - c->lr * c->wd);
+        c->p[i] = p - c->lr * mhat / (sqrtf(vhat) + c->eps);
+    }
+}
+
+void op_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
+              float beta2, float eps, float wd, int t, float grad_scale)
+{
+    AdamCtx c = { .p = p, .m = m, .v = v, .g = g, .lr = lr, .b1 = beta1, .b2 = beta2, .eps = eps, .wd = wd,
+                  .bc1 = 1.0f - powf(beta1, (float)t), .bc2 = 1.0f - powf(beta2, (float)t), .gs = grad_scale };
+    pool_for(n, 16384, adam_part, &c);
+}
+
+/* ------------------------------------------------------------------ reductions */
+
+#define SUMSQ_CHUNK 65536
+
+typedef struct { const float *x; size_t n; double *part; } SumsqCtx;
+
+static void sumsq_part(void *p, size_t b, size_t e)
+{
+    SumsqCtx *c = p;
+    for (size_t k = b; k < e; k++) {
+        size_t lo = k * SUMSQ_CHUNK, hi = lo + SUMSQ_CHUNK < c->n ? lo + SUMSQ_CHUNK : c->n;
+        double s = 0.0;
+        for (size_t i = lo; i < hi; i++) s += (double)c->x[i] * c->x[i];
+        c->part[k] = s;
+    }
+}
+
+/* Fixed-size chunks summed in chunk order: the result is the same for any
+ * thread count. */
+double op_sumsq(const float *x, size_t n)
+{
+    size_t nc = (n + SUMSQ_CHUNK - 1) / SUMSQ_CHUNK;
+    if (nc == 0) return 0.0;
+    double stack_part[64];
+    double *part = nc <= 64 ? stack_part : malloc(sizeof(double) * nc);
+    SumsqCtx c = { x, n, part };
+    pool_for(nc, 1, sumsq_part, &c);
+    double s = 0.0;
+    for (size_t k = 0; k < nc; k++) s += part[k];
+    if (part != stack_part) free(part);
+    return s;
+}
+
+typedef struct { float *x; float s; } ScaleCtx;
+
+static void scale_part(void *p, size_t b, size_t e)
+{
+    ScaleCtx *c = p;
+    for (size_t i = b; i < e; i++) c->x[i] *= c->s;
+}
+
+void op_scale(float *x, size_t n, float s)
+{
+    ScaleCtx c = { x, s };
+    pool_for(n, 16384, scale_part, &c);
+}

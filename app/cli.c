@@ -1,0 +1,147 @@
+/* Shared plumbing for the `stem` subcommands. */
+#include "cli.h"
+#include "engine/checkpoint.h"
+#include "engine/tokenizer.h"
+#include "kernels/cpu/pool.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+void cli_fail(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    /* one line: keep only the first line of multi-line library messages */
+    char *nl = strchr(msg, '\n');
+    if (nl) *nl = '\0';
+    fprintf(stderr, "stem: error: %s\n", msg);
+    g_free(msg);
+    exit(1);
+}
+
+void cli_usage(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "stem: error: %s\nTry 'stem %s --help'.\n", msg, cmd ? cmd : "");
+    g_free(msg);
+    exit(2);
+}
+
+void cli_parse(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
+               int *argc, char ***argv)
+{
+    GOptionContext *ctx = g_option_context_new(params);
+    g_option_context_set_summary(ctx, summary);
+    if (entries) g_option_context_add_main_entries(ctx, entries, NULL);
+    char *prg = g_strdup_printf("stem %s", cmd);
+    g_set_prgname(prg);
+    GError *e = NULL;
+    if (!g_option_context_parse(ctx, argc, argv, &e)) cli_usage(cmd, "%s", e->message);
+    g_option_context_free(ctx);
+    g_free(prg);
+}
+
+void cli_print_json(JsonBuilder *b)
+{
+    JsonNode *root = json_builder_get_root(b);
+    JsonGenerator *g = json_generator_new();
+    json_generator_set_pretty(g, TRUE);
+    json_generator_set_root(g, root);
+    char *s = json_generator_to_data(g, NULL);
+    printf("%s\n", s);
+    fflush(stdout);
+    g_free(s);
+    g_object_unref(g);
+    json_node_unref(root);
+    g_object_unref(b);
+}
+
+char *cli_format_duration(double s)
+{
+    if (!(s >= 0) || s > 1e7) return g_strdup("--");
+    int t = (int)(s + 0.5);
+    if (t >= 3600) return g_strdup_printf("%dh%02dm", t / 3600, t / 60 % 60);
+    if (t >= 60) return g_strdup_printf("%dm%02ds", t / 60, t % 60);
+    return g_strdup_printf("%ds", t);
+}
+
+void cli_progress_init(CliProgress *p, gboolean quiet)
+{
+    p->tty = isatty(2);
+    p->quiet = quiet;
+    p->last_frac = -1;
+    p->last_us = 0;
+}
+
+void cli_progress_update(CliProgress *p, double frac, const char *what)
+{
+    if (p->quiet) return;
+    gint64 now = g_get_monotonic_time();
+    if (p->tty) {
+        if (now - p->last_us < 100000 && frac < 1.0) return;   /* 10 redraws/s */
+        int w = 24, fill = (int)(frac * w + 0.5);
+        char bar[32];
+        for (int i = 0; i < w; i++) bar[i] = i < fill ? '#' : '.';
+        bar[w] = 0;
+        fprintf(stderr, "\r\033[K[%s] %3.0f%% %s", bar, frac * 100, what);
+    } else {
+        if (frac - p->last_frac < 0.05 && frac < 1.0) return;
+        fprintf(stderr, "%3.0f%% %s\n", frac * 100, what);
+        p->last_frac = frac;
+    }
+    p->last_us = now;
+    fflush(stderr);
+}
+
+void cli_progress_done(CliProgress *p)
+{
+    if (!p->quiet && p->tty) fprintf(stderr, "\n");
+}
+
+StemModel *cli_load_model(const char *path)
+{
+    GError *e = NULL;
+    if (!g_file_test(path, G_FILE_TEST_EXISTS)) cli_fail("%s: no such model file", path);
+    StemModel *m = stem_model_load(path, &e);
+    if (!m) cli_fail("%s", e->message);
+    return m;
+}
+
+int32_t *cli_encode(StemModel *m, const char *text, int *n)
+{
+    if (!m->tok) cli_fail("the model has no tokenizer");
+    if (!text || !*text) cli_fail("the prompt is empty");
+    size_t nn = 0;
+    int32_t *ids = stem_tokenizer_encode(m->tok, text, strlen(text), &nn);
+    if (nn == 0) cli_fail("the prompt is empty");
+    *n = (int)nn;
+    return ids;
+}
+
+char *cli_token_text(StemModel *m, int id)
+{
+    size_t len = 0;
+    const char *b = m->tok ? stem_tokenizer_token_bytes(m->tok, id, &len) : NULL;
+    if (!b) return g_strdup_printf("<%d>", id);
+    if (g_utf8_validate(b, (gssize)len, NULL)) return g_strndup(b, len);
+    /* a token can hold part of a UTF-8 character: show the bytes */
+    GString *s = g_string_new(NULL);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)b[i];
+        if (c < 0x80) g_string_append_c(s, (char)c);
+        else g_string_append_printf(s, "\\x%02X", c);
+    }
+    return g_string_free(s, FALSE);
+}
+
+void cli_init_threads(int threads)
+{
+    if (threads < 0) cli_fail("--threads must be >= 0 (0 = all cores)");
+    pool_init(threads);
+}
