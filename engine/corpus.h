@@ -3,8 +3,9 @@
  * Built deterministically from data/countries.csv and data/prose_mix.txt.gz
  * (decompressed with GIO's GZlibDecompressor). The prose is cut into paragraphs;
  * facts sentences are interleaved between paragraphs so every training window
- * sees some of both. The last `val_fraction` of the prose paragraphs and a
- * fixed sample of facts sentences go to validation. */
+ * sees some of both. Every round(1/val_fraction)-th prose paragraph (a strided
+ * sample, so validation has the same mix of books as training) and one sentence
+ * per (country, relation) go to validation; see corpus.c for the details. */
 #ifndef STEM_ENGINE_CORPUS_H
 #define STEM_ENGINE_CORPUS_H
 

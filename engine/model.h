@@ -85,7 +85,10 @@ void stem_model_zero_grad(StemModel *m);
  * (inference). T <= cfg.seq_len. */
 float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *targets, int B, int T,
                          gboolean last_only);
-/* Logits of sequence b, position t ([V]); with last_only only t = T-1 exists. */
+/* Logits of sequence b, position t ([V]); with last_only only t = T-1 exists.
+ * After a forward WITH targets the buffer holds softmax probabilities instead
+ * (the loss computes them in place for the backward pass): read logits from a
+ * forward with targets == NULL. */
 const float *stem_model_logits(const StemModel *m, int b, int t);
 /* Accumulates parameter gradients of the last forward's loss into m->grads. */
 void stem_model_backward(StemModel *m);

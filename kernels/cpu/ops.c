@@ -39,12 +39,37 @@ static void mm_fwd_cols(void *p, size_t b, size_t e)
                 c->x, c->in, c->w + b * (size_t)c->in, c->in, c->beta, c->y + b, c->out);
 }
 
+/* GEMMs are cut into FIXED blocks (independent of the thread count) and the
+ * blocks are spread over the pool: OpenBLAS's result for an element depends on
+ * the shape of the call it is computed in, so a split that followed the thread
+ * count would change the bits. Blocks are big enough that packing the shared
+ * operand again per block costs a few percent at most. */
+#define MM_ROW_BLOCK 64
+#define MM_COL_BLOCK 128
+
+typedef struct { MatmulCtx *c; pool_fn fn; size_t n_items, block; } BlockCtx;
+
+static void run_blocks(void *p, size_t b, size_t e)
+{
+    BlockCtx *bc = p;
+    for (size_t k = b; k < e; k++) {
+        size_t lo = k * bc->block, hi = lo + bc->block < bc->n_items ? lo + bc->block : bc->n_items;
+        bc->fn(bc->c, lo, hi);
+    }
+}
+
+static void for_blocks(MatmulCtx *c, size_t n_items, size_t block, pool_fn fn)
+{
+    BlockCtx bc = { c, fn, n_items, block };
+    pool_for((n_items + block - 1) / block, 1, run_blocks, &bc);
+}
+
 void op_matmul_forward(float *y, const float *x, const float *w, int N, int in, int out, int accumulate)
 {
     MatmulCtx c = { .y = y, .x = x, .w = w, .N = N, .in = in, .out = out, .beta = accumulate ? 1.0f : 0.0f };
-    int nt = pool_threads();
-    if (N >= 16 * nt) pool_for((size_t)N, 16, mm_fwd_rows, &c);
-    else pool_for((size_t)out, 64, mm_fwd_cols, &c);
+    /* many rows: split rows; few rows (decoding a prompt): split output columns */
+    if (N >= 2 * MM_ROW_BLOCK) for_blocks(&c, (size_t)N, MM_ROW_BLOCK, mm_fwd_rows);
+    else for_blocks(&c, (size_t)out, MM_COL_BLOCK, mm_fwd_cols);
 }
 
 static void mm_bwd_dx(void *p, size_t b, size_t e)
@@ -67,8 +92,8 @@ void op_matmul_backward(float *dx, float *dw, const float *dy, const float *x, c
                         int N, int in, int out)
 {
     MatmulCtx c = { .dx = dx, .dw = dw, .dy = dy, .x = x, .w = w, .N = N, .in = in, .out = out };
-    if (dx) pool_for((size_t)N, 16, mm_bwd_dx, &c);
-    if (dw) pool_for((size_t)out, 16, mm_bwd_dw, &c);
+    if (dx) for_blocks(&c, (size_t)N, MM_ROW_BLOCK, mm_bwd_dx);
+    if (dw) for_blocks(&c, (size_t)out, MM_ROW_BLOCK, mm_bwd_dw);
 }
 
 /* ------------------------------------------------------------------ rmsnorm */
@@ -388,7 +413,7 @@ void op_add_inplace(float *y, const float *x, size_t n)
 /* ------------------------------------------------------------------ cross-entropy */
 
 typedef struct {
-    float *probs, *dl;
+    float *probs, *dl, *row_loss;
     const float *logits, *probs_in;
     const int32_t *tg;
     int V;
@@ -401,10 +426,15 @@ static void ce_fwd(void *p, size_t b, size_t e)
     for (size_t i = b; i < e; i++) {
         const float *l = c->logits + i * (size_t)c->V;
         float *pr = c->probs + i * (size_t)c->V;
+        int t = c->tg[i];
+        /* read the target logit first: probs may alias the logits */
+        float lt = t >= 0 ? l[t] : 0.0f;
         float mx = l[0];
         for (int j = 1; j < c->V; j++) if (l[j] > mx) mx = l[j];
         float sum = 0.0f;
         for (int j = 0; j < c->V; j++) { pr[j] = expf(l[j] - mx); sum += pr[j]; }
+        /* loss from log-sum-exp: exact even when the target's probability underflows */
+        c->row_loss[i] = t >= 0 ? mx + logf(sum) - lt : 0.0f;
         float inv = 1.0f / sum;
         for (int j = 0; j < c->V; j++) pr[j] *= inv;
     }
@@ -412,16 +442,17 @@ static void ce_fwd(void *p, size_t b, size_t e)
 
 float op_crossentropy_forward(float *probs, const float *logits, const int32_t *targets, int N, int V)
 {
-    CeCtx c = { .probs = probs, .logits = logits, .tg = targets, .V = V };
+    float *row_loss = malloc(sizeof(float) * (size_t)(N > 0 ? N : 1));
+    CeCtx c = { .probs = probs, .logits = logits, .tg = targets, .V = V, .row_loss = row_loss };
     pool_for((size_t)N, ROWS_MIN, ce_fwd, &c);
     double loss = 0.0;
     int valid = 0;
     for (int i = 0; i < N; i++) {
         if (targets[i] < 0) continue;
-        float pt = probs[(size_t)i * V + targets[i]];
-        loss -= log(pt > 1e-30f ? (double)pt : 1e-30);
+        loss += row_loss[i];
         valid++;
     }
+    free(row_loss);
     return valid ? (float)(loss / valid) : 0.0f;
 }
 

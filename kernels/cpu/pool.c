@@ -14,6 +14,12 @@
 
 #define POOL_MAX 64
 
+/* Jobs are serialized: a second thread calling pool_for waits for the first
+ * (the GUI runs analyses beside training). A pool_for issued from inside a task
+ * runs inline on the calling thread instead of deadlocking. */
+static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;
+static __thread int in_task;
+
 static struct {
     int n;                      /* threads including the caller */
     pthread_t th[POOL_MAX];
@@ -35,7 +41,9 @@ static void run_part(int idx)
     if (b >= P.n_items) return;
     size_t e = b + P.chunk;
     if (e > P.n_items) e = P.n_items;
+    in_task = 1;
     P.fn(P.ctx, b, e);
+    in_task = 0;
 }
 
 static void *worker(void *arg)
@@ -66,6 +74,10 @@ void pool_shutdown(void)
     for (int i = 1; i < P.n; i++) pthread_join(P.th[i], NULL);
     P.stop = 0;
     P.n = 0;
+    /* new workers start with seen = 0: a stale generation would make them run
+     * the previous (finished) job again */
+    P.generation = 0;
+    P.pending = 0;
 }
 
 void pool_init(int n_threads)
@@ -91,12 +103,16 @@ int pool_threads(void)
 void pool_for(size_t n, size_t min_chunk, pool_fn fn, void *ctx)
 {
     if (n == 0) return;
+    if (in_task) { fn(ctx, 0, n); return; }
     int nt = pool_threads();
     if (min_chunk == 0) min_chunk = 1;
-    size_t chunk = (n + (size_t)nt - 1) / (size_t)nt;
-    if (chunk < min_chunk) chunk = min_chunk;
-    if (nt == 1 || chunk >= n) { fn(ctx, 0, n); return; }
+    /* as many parts as threads, but none shorter than min_chunk */
+    size_t parts = n / min_chunk;
+    if (parts > (size_t)nt) parts = (size_t)nt;
+    if (parts <= 1) { fn(ctx, 0, n); return; }
+    size_t chunk = (n + parts - 1) / parts;
 
+    pthread_mutex_lock(&job_mu);
     pthread_mutex_lock(&P.mu);
     P.fn = fn; P.ctx = ctx; P.n_items = n; P.chunk = chunk;
     P.pending = nt - 1;
@@ -109,4 +125,5 @@ void pool_for(size_t n, size_t min_chunk, pool_fn fn, void *ctx)
     pthread_mutex_lock(&P.mu);
     while (P.pending > 0) pthread_cond_wait(&P.done, &P.mu);
     pthread_mutex_unlock(&P.mu);
+    pthread_mutex_unlock(&job_mu);
 }

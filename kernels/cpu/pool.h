@@ -14,8 +14,10 @@ typedef void (*pool_fn)(void *ctx, size_t begin, size_t end);
  * a second call with another n restarts it. */
 void pool_init(int n_threads);
 int pool_threads(void);
-/* Split [0, n) into pool_threads() nearly equal contiguous ranges (at least
- * min_chunk items each) and run them in parallel; returns when all are done. */
+/* Split [0, n) into at most pool_threads() nearly equal contiguous ranges of at
+ * least min_chunk items each and run them in parallel; returns when all are done.
+ * Safe to call from several threads (jobs run one after another) and from inside
+ * a task (runs inline). */
 void pool_for(size_t n, size_t min_chunk, pool_fn fn, void *ctx);
 void pool_shutdown(void);
 

@@ -19,8 +19,15 @@
  * Backward functions that ACCUMULATE (matmul, rmsnorm, embedding) are called on buffers
  * pre-filled with random values and checked for prefill + gradient; those that
  * OVERWRITE (attention, swiglu, cross-entropy) are called on buffers pre-filled with
- * garbage. Every check is printed as a TAP comment ("# check ...") and summarised at
- * the end of the run. */
+ * garbage.
+ *
+ * Also: pool_for's contract (every index once, range count and size), a pool restart
+ * must not re-run the previous job, and /grad/determinism runs every op at sizes that
+ * are split over the pool with 1, 2 and 3 threads and requires bit-identical outputs
+ * (ops.h: "results are bit-identical for any thread count"), naming each op that differs.
+ *
+ * Every check is printed as a TAP comment ("# check ...") and summarised at the end of
+ * the run; the binary adds --keep-going so one failing op does not hide the others. */
 #include <glib.h>
 #include <math.h>
 #include <stdarg.h>
@@ -334,6 +341,8 @@ rms_loss(void *p)
 static void
 test_rmsnorm(void)
 {
+  /* {N, D}. Not D = 1: there dx = g dy rstd (1 - x^2 rstd^2) ~ eps/x^2 is pure
+   * cancellation, ill-conditioned in float whatever the implementation. */
   static const int cfg[][2] = {{6, 8}, {9, 70}, {4, 3}};
   const float eps = 1e-5f;
   rng_seed(2);

@@ -321,7 +321,7 @@ def generate(outdir, verbose=True):
     exp += [("logits_after", r["logits_after"])]
     meta = dict(HPARAMS)
     meta.update({"beta1": "0.9", "beta2": "0.95", "eps": "1e-08",
-                 "norm_backbone": repr(r["norm_backbone"]), "norm_tables": repr(r["norm_tables"]),
+                 "norm_backbone": "%.9g" % r["norm_backbone"], "norm_tables": "%.9g" % r["norm_tables"],
                  "torch": torch.__version__})
     write_safetensors(os.path.join(outdir, "tiny_expected.safetensors"), exp, meta)
 
