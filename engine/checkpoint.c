@@ -78,8 +78,8 @@ static StFile *open_checked(const char *path, StemConfig *cfg, StemTokenizer **t
         st_close(f);
         return NULL;
     }
-    if (!stem_config_from_json(cj, cfg, &e)) {
-        g_set_error(error, CKPT_ERROR, 3, "%s: %s", path, e->message);
+    if (!st_json_check(cj, strlen(cj), &e) || !stem_config_from_json(cj, cfg, &e)) {
+        g_set_error(error, CKPT_ERROR, 3, "%s: bad stem_config: %s", path, e->message);
         g_error_free(e);
         st_close(f);
         return NULL;
@@ -87,7 +87,7 @@ static StFile *open_checked(const char *path, StemConfig *cfg, StemTokenizer **t
     *tok = NULL;
     const char *tj = st_metadata(f, "tokenizer");
     if (tj) {
-        *tok = stem_tokenizer_from_json(tj, &e);
+        if (st_json_check(tj, strlen(tj), &e)) *tok = stem_tokenizer_from_json(tj, &e);
         if (!*tok) {
             g_set_error(error, CKPT_ERROR, 4, "%s: bad tokenizer: %s", path, e->message);
             g_error_free(e);

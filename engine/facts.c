@@ -22,7 +22,7 @@
  * Held-out phrasings are chosen so that no training sentence contains one as a
  * substring (tests/facts checks this for every country).
  * ------------------------------------------------------------------------- */
-#define N_TEMPLATES 6
+#define N_TEMPLATES 10
 #define N_HELD_OUT 2
 #define N_TRAIN (N_TEMPLATES - N_HELD_OUT)
 
@@ -32,6 +32,10 @@ static const char *const templates[REL_COUNT][N_TEMPLATES] = {
         "The capital city of {X} is",
         "{X}'s capital is",
         "In {X}, the capital is",
+        "{X}'s capital city is",
+        "The capital of the country {X} is",
+        "The government of {X} sits in",
+        "The national capital of {X} is",
         /* held out */
         "The seat of government of {X} is",
         "{X} has its capital in",
@@ -41,6 +45,10 @@ static const char *const templates[REL_COUNT][N_TEMPLATES] = {
         "{X}'s official language is",
         "The language officially used in {X} is",
         "The official tongue of {X} is",
+        "People in {X} officially speak",
+        "The official language spoken in {X} is",
+        "{X} has as its official language",
+        "The state language of {X} is",
         /* held out */
         "In {X}, the official language is",
         "The only official language of {X} is",
@@ -50,6 +58,10 @@ static const char *const templates[REL_COUNT][N_TEMPLATES] = {
         "{X} is located in",
         "{X} lies in",
         "The continent of {X} is",
+        "{X} is a country located in",
+        "{X} is part of",
+        "{X} is situated in",
+        "The country of {X} is in",
         /* held out */
         "{X} is a nation located in",
         "{X} belongs to the continent of",
@@ -59,6 +71,10 @@ static const char *const templates[REL_COUNT][N_TEMPLATES] = {
         "{X}'s currency is the",
         "The official currency of {X} is the",
         "In {X}, people pay with the",
+        "The national currency of {X} is the",
+        "Prices in {X} are given in the",
+        "The currency used in {X} is the",
+        "{X}'s official currency is the",
         /* held out */
         "The money used in {X} is the",
         "{X} uses as its currency the",
@@ -68,6 +84,10 @@ static const char *const templates[REL_COUNT][N_TEMPLATES] = {
         "The demonym of {X} is",
         "People from {X} are described as",
         "The word for someone from {X} is",
+        "A person from {X} is described as",
+        "The people of {X} are described as",
+        "Residents of {X} are described as",
+        "The nationality of people from {X} is",
         /* held out */
         "Someone from {X} is called",
         "Citizens of {X} are known as",
@@ -77,6 +97,10 @@ static const char *const templates[REL_COUNT][N_TEMPLATES] = {
         "The largest city in {X} is",
         "{X}'s largest city is",
         "The most populous city of {X} is",
+        "The largest city of the country {X} is",
+        "The most populous city in {X} is",
+        "{X}'s biggest city is",
+        "The most populated city of {X} is",
         /* held out */
         "The biggest city in {X} is",
         "{X}'s most populous city is",

@@ -7,7 +7,8 @@
  *      json-glib 1.6 is lenient where we must not be: it recurses once per nesting
  *      level (a header of a million '[' overflows the stack), wraps integers that
  *      do not fit in 64 bits (99999999999999999999 reads as -1), reads "00012" as
- *      octal and accepts comments and single quotes;
+ *      octal and accepts comments and single quotes; and duplicate or
+ *      hash-colliding keys make it quadratic (see json_key), so those are refused;
  *   3. json-glib builds the tree, and every tensor entry is checked: dtype, shape
  *      (element count and byte size computed with overflow checks), data_offsets
  *      in range and consistent with the shape, and no two tensors overlap.
@@ -129,12 +130,55 @@ static gboolean fail_tensor(GError **error, const char *name, const char *fmt, .
 }
 
 /* ------------------------------------------------------------------------ */
-/* strict JSON syntax check (RFC 8259), iterative so nesting cannot overflow the stack */
+/* strict JSON syntax check (RFC 8259), iterative so nesting cannot overflow the stack.
+ *
+ * It also checks object keys, because json-glib's handling of them is quadratic
+ * under attack: a duplicated key costs a scan of the object's member list, and
+ * members live in a GHashTable hashed with the unseeded g_str_hash, for which
+ * colliding keys are trivial to make ("aB" and "b!" hash alike, so do all their
+ * concatenations). A 1 MB header of either kind took 10 s to parse. Here each
+ * object's decoded keys go in a set with a per-process random hash (duplicates
+ * refused: json-glib would silently keep the last), and more than
+ * ST_MAX_HASH_TWINS keys of one object sharing a g_str_hash value are refused:
+ * among a million honest keys the chance of even three sharing a 32-bit hash is
+ * about one in ten million. */
+
+#define ST_MAX_HASH_TWINS 8
+
+typedef struct {
+    GHashTable *names;  /* decoded key -> itself */
+    GHashTable *twins;  /* g_str_hash(key) -> count */
+} KeySets;
 
 typedef struct {
     const char *p, *end, *start;
     GError **error;
+    KeySets keys[ST_MAX_JSON_DEPTH]; /* per open object, created at its first key */
 } JsonCheck;
+
+static guint64 hash_seed(void)
+{
+    static gsize seed = 0;
+    if (g_once_init_enter(&seed)) {
+        guint64 s = ((guint64)g_random_int() << 32 | g_random_int()) | 1u;
+        g_once_init_leave(&seed, (gsize)s);
+    }
+    return (guint64)seed;
+}
+
+/* FNV-1a from a random basis: colliding keys cannot be prepared in advance. */
+static guint seeded_str_hash(gconstpointer key)
+{
+    guint64 h = hash_seed() ^ 0xcbf29ce484222325ull;
+    for (const unsigned char *p = key; *p; p++) h = (h ^ *p) * 0x100000001b3ull;
+    return (guint)(h ^ (h >> 32));
+}
+
+static guint seeded_uint_hash(gconstpointer key)
+{
+    guint64 h = ((guint64)GPOINTER_TO_UINT(key) ^ hash_seed()) * 0x9e3779b97f4a7c15ull;
+    return (guint)(h >> 32);
+}
 
 static gboolean json_fail(JsonCheck *c, const char *what)
 {
@@ -171,7 +215,7 @@ static gboolean json_string(JsonCheck *c)
         }
         if (c->end - c->p < 2) break;
         char e = c->p[1];
-        if (strchr("\"\\/bfnrt", e) && e != '\0') {
+        if (e != '\0' && strchr("\"\\/bfnrt", e)) {
             c->p += 2;
             continue;
         }
@@ -191,6 +235,71 @@ static gboolean json_string(JsonCheck *c)
         }
     }
     return json_fail(c, "unterminated string");
+}
+
+/* The text of a string json_string accepted, [s, e) between the quotes, unescaped. */
+static char *json_unescape(const char *s, const char *e)
+{
+    GString *g = g_string_sized_new((gsize)(e - s));
+    while (s < e) {
+        const char *bs = memchr(s, '\\', (size_t)(e - s));
+        if (!bs) bs = e;
+        g_string_append_len(g, s, bs - s);
+        s = bs;
+        if (s == e) break;
+        char c = s[1];
+        if (c != 'u') {
+            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+            g_string_append_c(g, to[strchr(from, c) - from]);
+            s += 2;
+            continue;
+        }
+        gunichar u = (gunichar)hex4(s + 2);
+        s += 6;
+        if (u >= 0xd800 && u <= 0xdbff) {
+            u = 0x10000 + ((u - 0xd800) << 10) + ((gunichar)hex4(s + 2) - 0xdc00);
+            s += 6;
+        }
+        g_string_append_unichar(g, u);
+    }
+    return g_string_free(g, FALSE);
+}
+
+/* [s, e): a key of the object at depth (1-based) */
+static gboolean json_key(JsonCheck *c, int depth, const char *s, const char *e)
+{
+    KeySets *k = &c->keys[depth - 1];
+    if (!k->names) {
+        k->names = g_hash_table_new_full(seeded_str_hash, g_str_equal, g_free, NULL);
+        k->twins = g_hash_table_new(seeded_uint_hash, g_direct_equal);
+    }
+    char *key = json_unescape(s, e);
+    if (g_hash_table_contains(k->names, key)) {
+        char *q = quote_name(key);
+        g_set_error(c->error, ST_ERROR, ST_ERROR_HEADER, "header has duplicate key %s", q);
+        g_free(q);
+        g_free(key);
+        return FALSE;
+    }
+    gpointer h = GUINT_TO_POINTER(g_str_hash(key));
+    guint twins = GPOINTER_TO_UINT(g_hash_table_lookup(k->twins, h)) + 1;
+    g_hash_table_insert(k->twins, h, GUINT_TO_POINTER(twins));
+    g_hash_table_add(k->names, key);
+    if (twins > ST_MAX_HASH_TWINS) {
+        g_set_error(c->error, ST_ERROR, ST_ERROR_HEADER,
+                    "header has more than %d keys in one object with the same g_str_hash value (crafted to slow the "
+                    "parser down)",
+                    ST_MAX_HASH_TWINS);
+        return FALSE;
+    }
+    return TRUE;
+}
+
+static void json_drop_keys(JsonCheck *c, int depth)
+{
+    KeySets *k = &c->keys[depth - 1];
+    g_clear_pointer(&k->names, g_hash_table_destroy);
+    g_clear_pointer(&k->twins, g_hash_table_destroy);
 }
 
 /* c->p at '-' or a digit. Integers must fit in int64 (json-glib would wrap them). */
@@ -229,11 +338,8 @@ static gboolean json_number(JsonCheck *c)
         while (c->p < c->end && g_ascii_isdigit(*c->p)) c->p++;
     }
     if (integer && (overflow || mag > (uint64_t)INT64_MAX + (neg ? 1u : 0u))) {
-        const char *save = c->p;
-        c->p = s;
-        json_fail(c, "integer does not fit in 64 bits");
-        c->p = save;
-        return FALSE;
+        c->p = s; /* report where the number starts */
+        return json_fail(c, "integer does not fit in 64 bits");
     }
     return TRUE;
 }
@@ -246,95 +352,111 @@ static gboolean json_literal(JsonCheck *c, const char *lit)
     return TRUE;
 }
 
-/* The whole header must be one JSON object (trailing whitespace allowed: the
- * format pads with spaces). The caller has checked UTF-8 already. */
-static gboolean json_check(const char *text, size_t len, GError **error)
+static gboolean json_check_run(JsonCheck *c)
 {
-    JsonCheck c = {text, text + len, text, error};
     char stack[ST_MAX_JSON_DEPTH]; /* 'o' object, 'a' array */
     int depth = 0;
     enum { VALUE, VALUE_OR_CLOSE, KEY, KEY_OR_CLOSE, COLON, COMMA_OR_CLOSE, DONE } state = VALUE;
 
-    while (c.p < c.end && (*c.p == ' ' || *c.p == '\t' || *c.p == '\n' || *c.p == '\r')) c.p++;
-    if (c.p >= c.end || *c.p != '{') {
-        g_set_error(error, ST_ERROR, ST_ERROR_HEADER, "header is not a JSON object");
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+    if (c->p >= c->end || *c->p != '{') {
+        g_set_error(c->error, ST_ERROR, ST_ERROR_HEADER, "header is not a JSON object");
         return FALSE;
     }
     for (;;) {
-        while (c.p < c.end && (*c.p == ' ' || *c.p == '\t' || *c.p == '\n' || *c.p == '\r')) c.p++;
-        if (c.p >= c.end) {
-            if (state == DONE) return TRUE;
-            return json_fail(&c, "unexpected end");
-        }
-        char ch = *c.p;
-        gboolean value_done = FALSE;
+        while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r')) c->p++;
+        if (c->p >= c->end) return state == DONE ? TRUE : json_fail(c, "unexpected end");
+        char ch = *c->p;
+        gboolean closed = FALSE, value_done = FALSE;
         switch (state) {
         case DONE:
-            return json_fail(&c, "trailing characters after the object");
+            return json_fail(c, "trailing characters after the object");
         case VALUE_OR_CLOSE:
             if (ch == ']') {
-                c.p++;
-                depth--;
-                value_done = TRUE;
+                closed = TRUE;
                 break;
             }
             /* fall through */
         case VALUE:
             if (ch == '{' || ch == '[') {
-                if (depth == ST_MAX_JSON_DEPTH) return json_fail(&c, "nesting too deep");
+                if (depth == ST_MAX_JSON_DEPTH) return json_fail(c, "nesting too deep");
                 stack[depth++] = ch == '{' ? 'o' : 'a';
-                c.p++;
+                c->p++;
                 state = ch == '{' ? KEY_OR_CLOSE : VALUE_OR_CLOSE;
                 break;
             }
             if (ch == '"') {
-                if (!json_string(&c)) return FALSE;
+                if (!json_string(c)) return FALSE;
             } else if (ch == '-' || g_ascii_isdigit(ch)) {
-                if (!json_number(&c)) return FALSE;
+                if (!json_number(c)) return FALSE;
             } else if (ch == 't') {
-                if (!json_literal(&c, "true")) return FALSE;
+                if (!json_literal(c, "true")) return FALSE;
             } else if (ch == 'f') {
-                if (!json_literal(&c, "false")) return FALSE;
+                if (!json_literal(c, "false")) return FALSE;
             } else if (ch == 'n') {
-                if (!json_literal(&c, "null")) return FALSE;
+                if (!json_literal(c, "null")) return FALSE;
             } else {
-                return json_fail(&c, "unexpected character");
+                return json_fail(c, "unexpected character");
             }
             value_done = TRUE;
             break;
         case KEY_OR_CLOSE:
             if (ch == '}') {
-                c.p++;
-                depth--;
-                value_done = TRUE;
+                closed = TRUE;
                 break;
             }
             /* fall through */
-        case KEY:
-            if (ch != '"') return json_fail(&c, "expected a quoted key");
-            if (!json_string(&c)) return FALSE;
+        case KEY: {
+            if (ch != '"') return json_fail(c, "expected a quoted key");
+            const char *s = c->p + 1;
+            if (!json_string(c)) return FALSE;
+            if (!json_key(c, depth, s, c->p - 1)) return FALSE;
             state = COLON;
             break;
+        }
         case COLON:
-            if (ch != ':') return json_fail(&c, "expected ':'");
-            c.p++;
+            if (ch != ':') return json_fail(c, "expected ':'");
+            c->p++;
             state = VALUE;
             break;
         case COMMA_OR_CLOSE:
             if (ch == ',') {
-                c.p++;
+                c->p++;
                 state = stack[depth - 1] == 'o' ? KEY : VALUE;
             } else if (ch == (stack[depth - 1] == 'o' ? '}' : ']')) {
-                c.p++;
-                depth--;
-                value_done = TRUE;
+                closed = TRUE;
             } else {
-                return json_fail(&c, "expected ',' or a closing bracket");
+                return json_fail(c, "expected ',' or a closing bracket");
             }
             break;
         }
+        if (closed) {
+            c->p++;
+            json_drop_keys(c, depth);
+            depth--;
+            value_done = TRUE;
+        }
         if (value_done) state = depth == 0 ? DONE : COMMA_OR_CLOSE;
     }
+}
+
+/* The whole header must be one JSON object (trailing whitespace allowed: the
+ * format pads with spaces). The caller has checked UTF-8 already. */
+static gboolean json_check(const char *text, size_t len, GError **error)
+{
+    JsonCheck c = {.p = text, .end = text + len, .start = text, .error = error};
+    gboolean ok = json_check_run(&c);
+    for (int d = 1; d <= ST_MAX_JSON_DEPTH; d++) json_drop_keys(&c, d);
+    return ok;
+}
+
+gboolean st_json_check(const char *text, size_t len, GError **error)
+{
+    if (!g_utf8_validate(text, (gssize)len, NULL)) {
+        g_set_error(error, ST_ERROR, ST_ERROR_HEADER, "JSON is not valid UTF-8");
+        return FALSE;
+    }
+    return json_check(text, len, error);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -352,24 +474,6 @@ struct StFile {
     int n_meta;
     GHashTable *meta;       /* key -> value (borrowed from the arrays) */
 };
-
-/* json-glib keeps the last of duplicate object keys. Its ::object-member signal
- * fires after each member is stored, so an object that has seen more members than
- * it holds had a duplicate. Counting per object pointer is sound: an object is only
- * freed during a parse when a duplicate replaces it, and that duplicate was
- * already flagged by then. Duplicates anywhere in the header are refused. */
-typedef struct {
-    GHashTable *seen; /* JsonObject* -> count */
-    char *dup;        /* first duplicated key */
-} DupCheck;
-
-static void on_object_member(JsonParser *parser, JsonObject *object, const char *name, gpointer data)
-{
-    DupCheck *d = data;
-    guint n = GPOINTER_TO_UINT(g_hash_table_lookup(d->seen, object)) + 1;
-    g_hash_table_insert(d->seen, object, GUINT_TO_POINTER(n));
-    if (n > json_object_get_size(object) && !d->dup) d->dup = g_strdup(name);
-}
 
 static gboolean node_int(JsonNode *n, int64_t *out)
 {
@@ -500,8 +604,6 @@ static gboolean parse_header(StFile *f, const char *hdr, size_t hdr_len, const u
 
     gboolean ok = FALSE;
     JsonParser *parser = json_parser_new_immutable();
-    DupCheck dup = {g_hash_table_new(NULL, NULL), NULL};
-    g_signal_connect(parser, "object-member", G_CALLBACK(on_object_member), &dup);
     GError *jerr = NULL;
     GList *members = NULL;
     Span *spans = NULL;
@@ -509,12 +611,6 @@ static gboolean parse_header(StFile *f, const char *hdr, size_t hdr_len, const u
     if (!json_parser_load_from_data(parser, hdr, (gssize)hdr_len, &jerr)) {
         g_set_error(error, ST_ERROR, ST_ERROR_HEADER, "header is not valid JSON: %s", jerr->message);
         g_error_free(jerr);
-        goto out;
-    }
-    if (dup.dup) {
-        char *q = quote_name(dup.dup);
-        g_set_error(error, ST_ERROR, ST_ERROR_HEADER, "header has duplicate key %s", q);
-        g_free(q);
         goto out;
     }
     JsonNode *root = json_parser_get_root(parser);
@@ -566,8 +662,6 @@ static gboolean parse_header(StFile *f, const char *hdr, size_t hdr_len, const u
 out:
     g_free(spans);
     g_list_free(members);
-    g_free(dup.dup);
-    g_hash_table_destroy(dup.seen);
     g_object_unref(parser);
     return ok;
 }

@@ -7,6 +7,10 @@
  * overflow), offsets (in range, consistent with shape*dtype size, non-overlapping)
  * are all checked before any tensor pointer is handed out, so a truncated,
  * corrupted or hostile file is refused with a GError and never read out of bounds.
+ * Stricter than the format's Python library on JSON (strict RFC 8259, integers must
+ * fit in 64 bits, nesting <= 64, duplicate keys refused rather than last-wins),
+ * laxer on layout: gaps between tensors and bytes after the last one are allowed
+ * (harmless when reading in place); unknown members of a tensor entry are ignored.
  * The writer pads the header with spaces so the data section starts 64-byte aligned,
  * lays the tensors out back to back (no gaps: the Python `safetensors` library
  * refuses files whose offsets do not cover the data section contiguously), largest
@@ -90,6 +94,11 @@ void st_writer_free(StWriter *w);
 
 /* SHA-256 of a file as 64 lowercase hex digits (g_free), streamed in 1 MiB chunks. */
 char *st_sha256_file(const char *path, GError **error);
+
+/* The strict JSON check the reader applies to headers (bounded nesting, 64-bit
+ * integers, no duplicate keys), for JSON carried inside metadata values: run it
+ * before handing untrusted JSON to json-glib, which crashes on deep nesting. */
+gboolean st_json_check(const char *text, size_t len, GError **error);
 
 /* bf16 <-> f32 (f32 -> bf16 rounds to nearest even; NaN stays NaN, sign kept) */
 float st_bf16_to_f32(uint16_t h);

@@ -619,6 +619,11 @@ static const Hostile hostile[] = {
      -1, 2, ST_ERROR_HEADER, "duplicate key \"a\""},
     {"duplicate member", "{\"a\":{\"dtype\":\"U8\",\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]}}", -1, 1,
      ST_ERROR_HEADER, "duplicate key \"dtype\""},
+    {"duplicate escaped", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1]},"
+                          "\"\\u0061\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[1,2]}}",
+     -1, 2, ST_ERROR_HEADER, "duplicate key \"a\""},
+    {"duplicate nested", "{\"a\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1],\"x\":{\"k\":1,\"k\":2}}}", -1,
+     1, ST_ERROR_HEADER, "duplicate key \"k\""},
     {"entry not object", "{\"a\":1}", -1, 0, ST_ERROR_TENSOR, "not a JSON object"},
     {"dtype missing", "{\"a\":{\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 4, ST_ERROR_TENSOR, "\"dtype\""},
     {"dtype not string", "{\"a\":{\"dtype\":4,\"shape\":[1],\"data_offsets\":[0,4]}}", -1, 4, ST_ERROR_TENSOR,
@@ -698,6 +703,7 @@ static void test_hostile(void)
         check_refused(h->label, buf, len, h->code, h->expect);
         g_free(buf);
     }
+    size_t len0;
     /* raw cases */
     check_refused("empty buffer", (const uint8_t *)"", 0, ST_ERROR_HEADER, "0 bytes");
     check_refused("NULL buffer", NULL, 100, ST_ERROR_HEADER, "too short");
@@ -718,6 +724,28 @@ static void test_hostile(void)
         check_refused("deep nesting", buf, len, ST_ERROR_HEADER, "nesting too deep");
         g_free(buf);
         g_free(json);
+    }
+    /* Keys that make json-glib quadratic: duplicates (a scan of the member list
+     * each) and keys colliding in g_str_hash ("aB" and "b!" hash alike, and so do
+     * all their concatenations). Both must be refused before json-glib sees them,
+     * without taking time (each took seconds before they were checked). */
+    for (int kind = 0; kind < 2; kind++) {
+        GString *g = g_string_new("{");
+        int n = kind == 0 ? 40000 : 1 << 15;
+        for (int i = 0; i < n; i++) {
+            g_string_append_c(g, '"');
+            if (kind == 0) g_string_append_printf(g, "k%d", i < n / 2 ? i : n / 2 - 1);
+            else
+                for (int b = 0; b < 15; b++) g_string_append(g, (i >> b) & 1 ? "aB" : "b!");
+            g_string_append(g, "\":0,");
+        }
+        g->str[g->len - 1] = '}';
+        if (kind == 1) g_assert_cmpuint(g_str_hash("aBaB"), ==, g_str_hash("b!b!"));
+        uint8_t *buf = make_file(g->str, -1, 0, &len0);
+        check_refused(kind == 0 ? "many duplicates" : "hash flood", buf, len0, ST_ERROR_HEADER,
+                      kind == 0 ? "duplicate key" : "same g_str_hash");
+        g_free(buf);
+        g_string_free(g, TRUE);
     }
     /* every truncation of a valid file is refused (or, cut inside trailing data, valid) */
     size_t len;
