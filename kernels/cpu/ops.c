@@ -39,13 +39,20 @@ static void mm_fwd_cols(void *p, size_t b, size_t e)
                 c->x, c->in, c->w + b * (size_t)c->in, c->in, c->beta, c->y + b, c->out);
 }
 
-/* GEMMs are cut into FIXED blocks (independent of the thread count) and the
- * blocks are spread over the pool: OpenBLAS's result for an element depends on
- * the shape of the call it is computed in, so a split that followed the thread
- * count would change the bits. Blocks are big enough that packing the shared
- * operand again per block costs a few percent at most. */
-#define MM_ROW_BLOCK 64
-#define MM_COL_BLOCK 128
+/* GEMMs are cut into blocks whose size depends on the SHAPE only, never on the
+ * thread count, and the blocks are spread over the pool: OpenBLAS's result for
+ * an element depends on the shape of the call it is computed in, so a split
+ * that followed the thread count would change the bits. About 8 blocks per GEMM
+ * keep 2-8 threads busy while OpenBLAS packs the shared operand only 8 times. */
+#define MM_MIN_BLOCK 64
+#define MM_BLOCKS 8
+
+static size_t block_for(size_t n)
+{
+    size_t b = (n + MM_BLOCKS - 1) / MM_BLOCKS;
+    b = (b + 15) & ~(size_t)15;            /* whole micro-kernel tiles */
+    return b < MM_MIN_BLOCK ? MM_MIN_BLOCK : b;
+}
 
 typedef struct { MatmulCtx *c; pool_fn fn; size_t n_items, block; } BlockCtx;
 
@@ -68,8 +75,8 @@ void op_matmul_forward(float *y, const float *x, const float *w, int N, int in, 
 {
     MatmulCtx c = { .y = y, .x = x, .w = w, .N = N, .in = in, .out = out, .beta = accumulate ? 1.0f : 0.0f };
     /* many rows: split rows; few rows (decoding a prompt): split output columns */
-    if (N >= 2 * MM_ROW_BLOCK) for_blocks(&c, (size_t)N, MM_ROW_BLOCK, mm_fwd_rows);
-    else for_blocks(&c, (size_t)out, MM_COL_BLOCK, mm_fwd_cols);
+    if (N >= 2 * MM_MIN_BLOCK) for_blocks(&c, (size_t)N, block_for((size_t)N), mm_fwd_rows);
+    else for_blocks(&c, (size_t)out, block_for((size_t)out), mm_fwd_cols);
 }
 
 static void mm_bwd_dx(void *p, size_t b, size_t e)
@@ -92,8 +99,8 @@ void op_matmul_backward(float *dx, float *dw, const float *dy, const float *x, c
                         int N, int in, int out)
 {
     MatmulCtx c = { .dx = dx, .dw = dw, .dy = dy, .x = x, .w = w, .N = N, .in = in, .out = out };
-    if (dx) for_blocks(&c, (size_t)N, MM_ROW_BLOCK, mm_bwd_dx);
-    if (dw) for_blocks(&c, (size_t)out, MM_ROW_BLOCK, mm_bwd_dw);
+    if (dx) for_blocks(&c, (size_t)N, block_for((size_t)N), mm_bwd_dx);
+    if (dw) for_blocks(&c, (size_t)out, block_for((size_t)out), mm_bwd_dw);
 }
 
 /* ------------------------------------------------------------------ rmsnorm */
