@@ -28,7 +28,10 @@ void cli_usage(const char *cmd, const char *fmt, ...)
     va_start(ap, fmt);
     char *msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
-    fprintf(stderr, "stem: error: %s\nTry 'stem %s --help'.\n", msg, cmd ? cmd : "");
+    /* cli_parse set the program name to "stem CMD" */
+    const char *prg = g_get_prgname();
+    if (cmd) fprintf(stderr, "stem: error: %s\nTry 'stem %s --help'.\n", msg, cmd);
+    else fprintf(stderr, "stem: error: %s\nTry '%s --help'.\n", msg, prg ? prg : "stem");
     g_free(msg);
     exit(2);
 }
@@ -54,6 +57,17 @@ void cli_print_json(JsonBuilder *b)
     json_generator_set_pretty(g, TRUE);
     json_generator_set_root(g, root);
     char *s = json_generator_to_data(g, NULL);
+    /* json-glib 1.6 writes U+001F raw, which JSON forbids; a raw 0x1F byte can
+     * only occur inside a string here, so escaping it in place is safe */
+    if (strchr(s, 0x1f)) {
+        GString *fixed = g_string_new(NULL);
+        for (const char *c = s; *c; c++) {
+            if (*c == 0x1f) g_string_append(fixed, "\\u001f");
+            else g_string_append_c(fixed, *c);
+        }
+        g_free(s);
+        s = g_string_free(fixed, FALSE);
+    }
     printf("%s\n", s);
     fflush(stdout);
     g_free(s);
@@ -140,8 +154,27 @@ char *cli_token_text(StemModel *m, int id)
     return g_string_free(s, FALSE);
 }
 
+char *cli_token_display(StemModel *m, int id)
+{
+    size_t len = 0;
+    const char *b = m->tok ? stem_tokenizer_token_bytes(m->tok, id, &len) : NULL;
+    if (!b) return g_strdup_printf("<%d>", id);
+    gboolean utf8 = g_utf8_validate(b, (gssize)len, NULL);
+    GString *s = g_string_new(NULL);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)b[i];
+        if (c == '\n') g_string_append(s, "\\n");
+        else if (c == '\t') g_string_append(s, "\\t");
+        else if (c == '\r') g_string_append(s, "\\r");
+        else if (c == '\\') g_string_append(s, "\\\\");
+        else if (c < 0x20 || c == 0x7f || (c >= 0x80 && !utf8)) g_string_append_printf(s, "\\x%02X", c);
+        else g_string_append_c(s, (char)c);
+    }
+    return g_string_free(s, FALSE);
+}
+
 void cli_init_threads(int threads)
 {
-    if (threads < 0) cli_fail("--threads must be >= 0 (0 = all cores)");
+    if (threads < 0) cli_usage(NULL, "--threads must be >= 0 (0 = all cores)");
     pool_init(threads);
 }

@@ -9,7 +9,7 @@
 
 /* "stem: error: ..." on stderr, exit 1 */
 G_NORETURN void cli_fail(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
-/* usage error: message + hint, exit 2 */
+/* usage error: message + hint, exit 2 (cmd NULL: the command being parsed) */
 G_NORETURN void cli_usage(const char *cmd, const char *fmt, ...) G_GNUC_PRINTF(2, 3);
 
 /* Parse argv with entries for subcommand `cmd` ("stem CMD ARGS"): exits 2 on a
@@ -37,7 +37,9 @@ StemModel *cli_load_model(const char *path);
 int32_t *cli_encode(StemModel *m, const char *text, int *n);
 /* Token as printable text (JSON-safe UTF-8; invalid bytes escaped as \xNN). g_free. */
 char *cli_token_text(StemModel *m, int id);
-/* Parse --threads: pool_init(n). */
+/* Token for a terminal: one line, control bytes and backslashes escaped. g_free. */
+char *cli_token_display(StemModel *m, int id);
+/* Parse --threads: pool_init(n); a negative value is a usage error. */
 void cli_init_threads(int threads);
 
 #endif

@@ -129,7 +129,7 @@ int cmd_topk(int argc, char **argv)
         cli_print_json(b);
     } else {
         for (int i = 0; i < k; i++) {
-            char *t = cli_token_text(m, top[i].id);
+            char *t = cli_token_display(m, top[i].id);
             printf("%2d  %6.2f%%  %-20s (id %d)\n", i + 1, 100.0 * top[i].prob, t, top[i].id);
             g_free(t);
         }
@@ -207,6 +207,7 @@ static void add_score(JsonBuilder *b, const char *name, const StemFactScore *s)
 
 int cmd_eval(int argc, char **argv)
 {
+    if (argc >= 2 && (!strcmp(argv[1], "edit") || !strcmp(argv[1], "edits"))) return cmd_eval_edits(argc - 1, argv + 1);
     gboolean json = FALSE;
     int threads = 0;
     char *relation = NULL;
@@ -218,7 +219,7 @@ int cmd_eval(int argc, char **argv)
     };
     cli_parse("eval", "facts MODEL", "Fact recall per relation: top-1 next token and full greedy answer, on the\n"
               "canonical prompt, on all training phrasings and on held-out phrasings.", entries, &argc, &argv);
-    if (argc != 3 || strcmp(argv[1], "facts")) cli_usage("eval", "expected 'facts MODEL'");
+    if (argc != 3 || strcmp(argv[1], "facts")) cli_usage("eval", "expected 'facts MODEL', 'edit ID' or 'edits'");
     int rel = -1;
     if (relation) {
         for (int r = 0; r < REL_COUNT; r++)

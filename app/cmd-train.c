@@ -13,7 +13,9 @@
 #include <stdio.h>
 #include <string.h>
 
-/* Flags shared by train and init; -1 / NULL = take the preset's value. */
+/* Flags shared by train and init; UNSET / NAN / NULL = take the preset's value.
+ * (A sentinel no user can type, so "-1" is rejected rather than ignored.) */
+#define UNSET G_MININT
 typedef struct {
     char *preset, *stem_layers, *out;
     gboolean dense, json, quiet, tables_bf16;
@@ -73,11 +75,11 @@ static const Preset *find_preset(const char *name)
 static void args_init(TrainArgs *a)
 {
     memset(a, 0, sizeof *a);
-    a->vocab = a->dim = a->layers = a->heads = a->kv_heads = a->ffn = a->seq = -1;
-    a->batch = a->steps = a->accum = a->fact_repeats = a->eval_every = -1;
+    a->vocab = a->dim = a->layers = a->heads = a->kv_heads = a->ffn = a->seq = UNSET;
+    a->batch = a->steps = a->accum = a->fact_repeats = a->eval_every = UNSET;
     a->threads = 0;
     a->seed = 1;
-    a->lr = a->table_lr = a->wd = a->prose_mb = -1;
+    a->lr = a->table_lr = a->wd = a->prose_mb = NAN;
 }
 
 /* preset + flags -> config; exits 2 on bad flags */
@@ -86,7 +88,7 @@ static const Preset *resolve_config(const char *cmd, TrainArgs *a, StemConfig *c
     const Preset *p = find_preset(a->preset ? a->preset : "default");
     if (!p) cli_usage(cmd, "unknown preset '%s' (expected tiny or default)", a->preset);
     *c = p->cfg;
-#define OVR(field, v, nm) do { if ((v) != -1) { if ((v) <= 0) cli_usage(cmd, "--%s must be positive", nm); c->field = (v); } } while (0)
+#define OVR(field, v, nm) do { if ((v) != UNSET) { if ((v) <= 0) cli_usage(cmd, "--%s must be positive", nm); c->field = (v); } } while (0)
     OVR(vocab, a->vocab, "vocab");
     OVR(dim, a->dim, "dim");
     OVR(n_layers, a->layers, "layers");
@@ -94,7 +96,7 @@ static const Preset *resolve_config(const char *cmd, TrainArgs *a, StemConfig *c
     OVR(ffn_dim, a->ffn, "ffn");
     OVR(seq_len, a->seq, "seq");
 #undef OVR
-    if (a->kv_heads != -1) {
+    if (a->kv_heads != UNSET) {
         if (a->kv_heads <= 0) cli_usage(cmd, "--kv-heads must be positive");
         c->n_kv_heads = a->kv_heads;
     } else {
@@ -209,19 +211,27 @@ int cmd_train(int argc, char **argv)
     const Preset *p = resolve_config("train", &a, &c);
     StemTrainOptions to;
     stem_train_options_defaults(&to);
-    to.batch = a.batch != -1 ? a.batch : p->batch;
-    to.steps = a.steps != -1 ? a.steps : p->steps;
-    to.accum = a.accum != -1 ? a.accum : 1;
+#define POSITIVE(v, nm) do { if ((v) != UNSET && (v) <= 0) cli_usage("train", "--%s must be positive", nm); } while (0)
+    POSITIVE(a.batch, "batch");
+    POSITIVE(a.steps, "steps");
+    POSITIVE(a.accum, "accum");
+    POSITIVE(a.fact_repeats, "fact-repeats");
+#undef POSITIVE
+    if (a.eval_every != UNSET && a.eval_every < 0) cli_usage("train", "--eval-every must be >= 0");
+    if (!isnan(a.lr) && !(a.lr > 0)) cli_usage("train", "--lr must be positive");
+    if (!isnan(a.table_lr) && !(a.table_lr > 0)) cli_usage("train", "--table-lr must be positive");
+    if (!isnan(a.wd) && !(a.wd >= 0)) cli_usage("train", "--wd must be >= 0");
+    if (!isnan(a.prose_mb) && !(a.prose_mb >= 0)) cli_usage("train", "--prose-mb must be >= 0");
+    to.batch = a.batch != UNSET ? a.batch : p->batch;
+    to.steps = a.steps != UNSET ? a.steps : p->steps;
+    to.accum = a.accum != UNSET ? a.accum : 1;
     to.seq = c.seq_len;
     to.seed = (guint64)a.seed;
     to.threads = a.threads;
-    to.eval_every = a.eval_every > 0 ? a.eval_every : 0;
-    to.optim.lr = a.lr != -1 ? (float)a.lr : p->lr;
-    to.optim.table_lr = a.table_lr != -1 ? (float)a.table_lr : to.optim.lr;
-    if (a.wd != -1) to.optim.wd = (float)a.wd;
-    if (to.batch <= 0 || to.steps <= 0 || to.accum <= 0) cli_usage("train", "--batch, --steps and --accum must be positive");
-    if (!(to.optim.lr > 0) || !(to.optim.table_lr > 0) || to.optim.wd < 0)
-        cli_usage("train", "--lr and --table-lr must be positive, --wd non-negative");
+    to.eval_every = a.eval_every != UNSET ? a.eval_every : 0;
+    to.optim.lr = !isnan(a.lr) ? (float)a.lr : p->lr;
+    to.optim.table_lr = !isnan(a.table_lr) ? (float)a.table_lr : to.optim.lr;
+    if (!isnan(a.wd)) to.optim.wd = (float)a.wd;
     cli_init_threads(a.threads);
 
     TrainUi ui = { .steps = to.steps };
@@ -233,8 +243,8 @@ int cmd_train(int argc, char **argv)
     const char *data = stem_data_dir();
     if (!data) cli_fail("data files not found (set STEM_DATA_DIR to the folder with countries.csv)");
     StemCorpusOptions co = { .data_dir = data, .seed = to.seed, .val_fraction = 0.02,
-                             .prose_bytes = (size_t)((a.prose_mb >= 0 ? a.prose_mb : p->prose_mb) * 1e6),
-                             .fact_repeats = a.fact_repeats > 0 ? a.fact_repeats : p->fact_repeats };
+                             .prose_bytes = (size_t)((!isnan(a.prose_mb) ? a.prose_mb : p->prose_mb) * 1e6),
+                             .fact_repeats = a.fact_repeats != UNSET ? a.fact_repeats : p->fact_repeats };
     cli_progress_update(&ui.prog, 0, "building the corpus");
     StemCorpus *corpus = stem_corpus_build(&co, &e);
     if (!corpus) cli_fail("%s", e->message);

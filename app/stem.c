@@ -18,7 +18,16 @@ static const Command commands[] = {
     { "info", cmd_info, "show a model's config, parameter counts, FLOPs and sha256" },
     { "topk", cmd_topk, "the k most likely next tokens after a prompt" },
     { "generate", cmd_generate, "continue a prompt" },
-    { "eval", cmd_eval, "evaluate a model (eval facts: fact recall per relation)" },
+    { "eval", cmd_eval, "evaluate: eval facts (fact recall), eval edit ID, eval edits (metrics)" },
+    { "geometry", cmd_geometry, "per-layer cosine geometry of STEM table rows (or dense up-projections)" },
+    { "pca", cmd_pca, "2-D PCA of a layer's table rows" },
+    { "neighbours", cmd_neighbours, "nearest tokens by cosine of their table rows, per layer" },
+    { "shift", cmd_shift, "top-k shift of an edit: original / target written in / intervened" },
+    { "lens", cmd_lens, "logit lens: the top-k next tokens read off every layer" },
+    { "localize", cmd_localize, "which layers carry a fact: the edit applied layer by layer" },
+    { "active-params", cmd_active_params, "STEM parameters activated vs context length" },
+    { "report", cmd_report, "an edit report (PDF, Markdown or JSON)" },
+    { "edit", cmd_edit, "knowledge edits: plan, apply, revert, reapply, list, show, export, import, bake" },
 };
 
 static void usage(FILE *out)

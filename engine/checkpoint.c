@@ -68,8 +68,7 @@ static StFile *open_checked(const char *path, StemConfig *cfg, StemTokenizer **t
     GError *e = NULL;
     StFile *f = st_open(path, &e);
     if (!f) {
-        g_set_error(error, CKPT_ERROR, 1, "%s: %s", path, e->message);
-        g_error_free(e);
+        g_propagate_error(error, e);     /* st_open's message names the file */
         return NULL;
     }
     const char *cj = st_metadata(f, "stem_config");

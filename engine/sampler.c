@@ -27,6 +27,7 @@ void stem_next_probs(StemModel *m, const int32_t *ids, int n, float *probs)
 
 int stem_topk_of(const float *probs, int V, int k, StemTopk *out)
 {
+    if (k <= 0) return 0;
     if (k > V) k = V;
     int n = 0;
     for (int i = 0; i < V; i++) {
@@ -65,12 +66,27 @@ int32_t *stem_generate(StemModel *m, const int32_t *ids, int n, int n_new, float
         if (temperature <= 0) {
             for (int i = 1; i < V; i++) if (probs[i] > probs[next]) next = i;
         } else {
-            /* p^(1/T), renormalized, then inverse-CDF sampling */
+            /* softmax(log p / T) in log space: subtracting the max keeps low
+             * temperatures from underflowing to all zeros (which tends to greedy) */
+            double mx = -INFINITY;
+            for (int i = 0; i < V; i++) {
+                double lp = probs[i] > 0 ? log(probs[i]) / temperature : -INFINITY;
+                if (lp > mx) mx = lp;
+            }
             double sum = 0.0;
-            for (int i = 0; i < V; i++) { probs[i] = powf(probs[i], 1.0f / temperature); sum += probs[i]; }
+            for (int i = 0; i < V; i++) {
+                double w = probs[i] > 0 ? exp(log(probs[i]) / temperature - mx) : 0.0;
+                probs[i] = (float)w;
+                sum += w;
+            }
             double u = g_rand_double(r) * sum, acc = 0.0;
-            next = V - 1;
-            for (int i = 0; i < V; i++) { acc += probs[i]; if (acc >= u) { next = i; break; } }
+            next = -1;
+            for (int i = 0; i < V; i++) {
+                if (probs[i] <= 0) continue;
+                acc += probs[i];
+                next = i;
+                if (acc >= u) break;
+            }
         }
         all[n + made] = next;
         if (next == STEM_TOK_EOS) { made++; break; }

@@ -77,7 +77,9 @@ void stem_train_options_defaults(StemTrainOptions *o)
 static void fill_batch(GRand *r, const int32_t *ids, size_t n, int B, int T, int32_t *x, int32_t *y)
 {
     for (int b = 0; b < B; b++) {
-        size_t start = (size_t)g_rand_int_range(r, 0, (gint32)(n - (size_t)T - 1));
+        /* windows need T + 1 tokens: start in [0, n - T - 1] (double: no 2^31 limit) */
+        size_t start = (size_t)(g_rand_double(r) * (double)(n - (size_t)T));
+        if (start > n - (size_t)T - 1) start = n - (size_t)T - 1;
         memcpy(x + (size_t)b * T, ids + start, sizeof(int32_t) * T);
         memcpy(y + (size_t)b * T, ids + start + 1, sizeof(int32_t) * T);
     }
