@@ -1,6 +1,7 @@
 /* stem info / topk / generate / eval: commands that read a model. */
 #include "commands.h"
 #include "cli.h"
+#include "editdb/editdb.h"
 #include "engine/checkpoint.h"
 #include "engine/facteval.h"
 #include "engine/sampler.h"
@@ -77,13 +78,22 @@ int cmd_info(int argc, char **argv)
 
 /* ------------------------------------------------------------------ topk */
 
+/* --db EDITS.db: the model's tables become base + the applied patch sets. */
+static void load_edits(StemModel *m, const char *db)
+{
+    GError *e = NULL;
+    if (db && !stem_editdb_load_overlay(db, m, &e)) cli_fail("%s", e->message);
+}
+
 int cmd_topk(int argc, char **argv)
 {
+    char *db = NULL;
     gboolean json = FALSE;
     int k = 5, threads = 1;
     GOptionEntry entries[] = {
         { "k", 'k', 0, G_OPTION_ARG_INT, &k, "how many tokens (default 5)", "K" },
         { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "worker threads (default 1: lowest latency for one prompt)", "N" },
+        { "db", 0, 0, G_OPTION_ARG_FILENAME, &db, "run on the effective tables of this edit database", "EDITS.db" },
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "print JSON", NULL },
         { NULL }
     };
@@ -92,6 +102,7 @@ int cmd_topk(int argc, char **argv)
     if (k < 1) cli_usage("topk", "--k must be at least 1");
     cli_init_threads(threads);
     StemModel *m = cli_load_model(argv[1]);
+    load_edits(m, db);
     int n = 0;
     int32_t *ids = cli_encode(m, argv[2], &n);
     if (k > m->cfg.vocab) k = m->cfg.vocab;
@@ -144,6 +155,7 @@ int cmd_topk(int argc, char **argv)
 
 int cmd_generate(int argc, char **argv)
 {
+    char *db = NULL;
     int n_new = 50, threads = 1;
     double temperature = 0.0;
     gint64 seed = 1;
@@ -153,6 +165,7 @@ int cmd_generate(int argc, char **argv)
         { "temperature", 't', 0, G_OPTION_ARG_DOUBLE, &temperature, "sampling temperature (0 = greedy, default)", "T" },
         { "seed", 0, 0, G_OPTION_ARG_INT64, &seed, "sampling seed", "S" },
         { "threads", 0, 0, G_OPTION_ARG_INT, &threads, "worker threads", "N" },
+        { "db", 0, 0, G_OPTION_ARG_FILENAME, &db, "run on the effective tables of this edit database", "EDITS.db" },
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "print JSON", NULL },
         { NULL }
     };
@@ -162,6 +175,7 @@ int cmd_generate(int argc, char **argv)
     if (temperature < 0) cli_usage("generate", "--temperature must be >= 0");
     cli_init_threads(threads);
     StemModel *m = cli_load_model(argv[1]);
+    load_edits(m, db);
     int n = 0, n_out = 0;
     int32_t *ids = cli_encode(m, argv[2], &n);
     int32_t *gen = stem_generate(m, ids, n, n_new, (float)temperature, (guint64)seed, &n_out);

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install dependencies, build, and run the whole test suite:
+#   unit, grad, parity, cli, edit, fuzz (short), gui (under Xvfb), cuda (skipped
+#   without a device), then the unit+grad+edit suites again under ASan+UBSan.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/deps.sh
+bash scripts/build.sh
+export OPENBLAS_NUM_THREADS=1
+meson test -C build --print-errorlogs --num-processes 2
+# Sanitizers: a separate build of everything with ASan + UBSan; run the suites
+# that exercise memory handling (the long training-based suites stay in the main run).
+if [ ! -f build-asan/build.ninja ]; then
+  meson setup build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false -Dgui=disabled
+fi
+ninja -C build-asan
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+  meson test -C build-asan --print-errorlogs --num-processes 2 --suite unit --suite grad --suite edit --suite fuzz
