@@ -22,5 +22,6 @@ int cmd_lens(int argc, char **argv);
 int cmd_localize(int argc, char **argv);
 int cmd_active_params(int argc, char **argv);
 int cmd_report(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
 
 #endif

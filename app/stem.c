@@ -27,6 +27,7 @@ static const Command commands[] = {
     { "localize", cmd_localize, "which layers carry a fact: the edit applied layer by layer" },
     { "active-params", cmd_active_params, "STEM parameters activated vs context length" },
     { "report", cmd_report, "an edit report (PDF, Markdown or JSON)" },
+    { "bench", cmd_bench, "benchmarks built into the program: bench offload (table cache and dedup statistics)" },
     { "edit", cmd_edit, "knowledge edits: plan, apply, revert, reapply, list, show, export, import, bake" },
 };
 
