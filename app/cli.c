@@ -151,18 +151,7 @@ int32_t *cli_encode(StemModel *m, const char *text, int *n)
 
 char *cli_token_text(StemModel *m, int id)
 {
-    size_t len = 0;
-    const char *b = m->tok ? stem_tokenizer_token_bytes(m->tok, id, &len) : NULL;
-    if (!b) return g_strdup_printf("<%d>", id);
-    if (g_utf8_validate(b, (gssize)len, NULL)) return g_strndup(b, len);
-    /* a token can hold part of a UTF-8 character: show the bytes */
-    GString *s = g_string_new(NULL);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)b[i];
-        if (c < 0x80) g_string_append_c(s, (char)c);
-        else g_string_append_printf(s, "\\x%02X", c);
-    }
-    return g_string_free(s, FALSE);
+    return stem_tokenizer_token_text(m->tok, id);
 }
 
 char *cli_token_display(StemModel *m, int id)

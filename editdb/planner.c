@@ -356,17 +356,7 @@ static const float *mean_row(StemPlanner *p, int j)
 
 char *stem_edit_token_text(const StemTokenizer *tok, int id)
 {
-    size_t len = 0;
-    const char *b = tok ? stem_tokenizer_token_bytes(tok, id, &len) : NULL;
-    if (!b) return g_strdup_printf("<%d>", id);
-    if (g_utf8_validate(b, (gssize)len, NULL)) return g_strndup(b, len);
-    GString *s = g_string_new(NULL);
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)b[i];
-        if (c < 0x80) g_string_append_c(s, (char)c);
-        else g_string_append_printf(s, "\\x%02X", c);
-    }
-    return g_string_free(s, FALSE);
+    return stem_tokenizer_token_text(tok, id);
 }
 
 static char *ids_text(const StemTokenizer *tok, const int32_t *ids, int n)

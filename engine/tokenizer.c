@@ -837,3 +837,18 @@ out:
   g_object_unref(parser);
   return tok;
 }
+
+char *stem_tokenizer_token_text(const StemTokenizer *tok, int id)
+{
+    size_t len = 0;
+    const char *b = tok ? stem_tokenizer_token_bytes(tok, id, &len) : NULL;
+    if (!b) return g_strdup_printf("<%d>", id);
+    if (g_utf8_validate(b, (gssize)len, NULL)) return g_strndup(b, len);
+    GString *s = g_string_new(NULL);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)b[i];
+        if (c < 0x80) g_string_append_c(s, (char)c);
+        else g_string_append_printf(s, "\\x%02X", c);
+    }
+    return g_string_free(s, FALSE);
+}

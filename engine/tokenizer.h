@@ -43,6 +43,10 @@ char *stem_tokenizer_decode(const StemTokenizer *tok, const int32_t *ids, size_t
 /* Raw bytes of one token (not NUL-terminated); NULL for an invalid id.
  * Special tokens return their names ("<bos>", "<eos>", "<pad>"). */
 const char *stem_tokenizer_token_bytes(const StemTokenizer *tok, int id, size_t *len_out);
+/* A token as text for people and JSON: its bytes when they are valid UTF-8,
+ * otherwise ASCII kept and other bytes written \xNN (a token can hold part of a
+ * UTF-8 character); "<id>" for an invalid id. g_free. */
+char *stem_tokenizer_token_text(const StemTokenizer *tok, int id);
 /* Exact token id for a byte string, or -1 when it is not a single token.
  * Special tokens are not byte strings: lookup("<bos>") is -1. */
 int stem_tokenizer_lookup(const StemTokenizer *tok, const char *bytes, size_t len);
