@@ -14,9 +14,11 @@ if [ ! -f build-asan/build.ninja ]; then
   meson setup build-asan -Dbuildtype=debugoptimized -Db_sanitize=address,undefined -Db_lundef=false -Dgui=disabled
 fi
 ninja -C build-asan
+# ASan runs everything several times slower (the crash test spawns 200 child
+# processes): timeouts get a multiplier of 3.
 # fast_unwind_on_malloc=0: glib has no frame pointers, and suppressions must see
 # the whole allocation stack to match (tests/lsan.supp)
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:fast_unwind_on_malloc=0 \
 LSAN_OPTIONS=suppressions="$PWD/tests/lsan.supp":print_suppressions=0 \
 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-  meson test -C build-asan --print-errorlogs --num-processes 2 --suite unit --suite grad --suite edit --suite fuzz
+  meson test -C build-asan --print-errorlogs --num-processes 2 --timeout-multiplier 3 --suite unit --suite grad --suite edit --suite fuzz
