@@ -49,7 +49,9 @@ def parse_args(argv):
     p.add_argument("--stem-layers", default="all-but-first", help="none | all | all-but-first | list like 1,3")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--foreach", type=int, default=1, help="AdamW foreach (multi-tensor) implementation: 1/0")
+    p.add_argument("--foreach", default="auto",
+                   help="AdamW implementation: 1 = foreach (multi-tensor), 0 = per-tensor loop, auto = time both "
+                        "on this machine first and keep the faster (default)")
     p.add_argument("--seed", type=int, default=1)
     # topk
     p.add_argument("--model", help="engine model file (safetensors)")
@@ -250,7 +252,9 @@ def bench_train(a):
     groups = [{"params": backbone, "lr": 3e-3, "weight_decay": 0.1}]
     if tables:
         groups.append({"params": tables, "lr": 3e-3, "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8, foreach=bool(a.foreach))
+
+    def make_opt(foreach):
+        return torch.optim.AdamW([dict(g) for g in groups], betas=(0.9, 0.95), eps=1e-8, foreach=foreach)
 
     B, T, V = a.batch, a.seq, a.vocab
     g = torch.Generator().manual_seed(a.seed)
@@ -258,6 +262,25 @@ def bench_train(a):
     for _ in range(4):
         stream = torch.randint(0, V, (B, T + 1), generator=g)
         batches.append((stream[:, :T].contiguous(), stream[:, 1:].contiguous()))
+
+    # Which AdamW implementation is faster here? (PyTorch at its best.) Time 3
+    # optimizer steps of each on real gradients, interleaved; keep the faster.
+    probe = {}
+    if a.foreach == "auto":
+        model(*batches[0]).backward()
+        cands = {True: make_opt(True), False: make_opt(False)}
+        times_by = {True: [], False: []}
+        for _ in range(4):
+            for fe, o in cands.items():
+                t = time.perf_counter()
+                o.step()
+                times_by[fe].append(time.perf_counter() - t)
+        probe = {str(fe).lower(): statistics.median(v[1:]) * 1e3 for fe, v in times_by.items()}
+        foreach = min(times_by, key=lambda fe: statistics.median(times_by[fe][1:]))
+        del cands
+    else:
+        foreach = bool(int(a.foreach))
+    opt = make_opt(foreach)
 
     times, phases = [], {"zero_grad": [], "forward": [], "backward": [], "optimizer": []}
     loss_first = loss_last = float("nan")
@@ -293,7 +316,8 @@ def bench_train(a):
         "bench": "train",
         "engine": "pytorch",
         **env_info(),
-        "foreach": bool(a.foreach),
+        "foreach": foreach,
+        "foreach_probe_ms": probe,
         "config": {"vocab": V, "dim": a.dim, "layers": a.layers, "heads": a.heads, "kv_heads": cfg["n_kv_heads"],
                    "ffn": a.ffn, "seq": T, "batch": B, "stem_layers": cfg["stem_layers"]},
         "threads": a.threads,

@@ -72,6 +72,7 @@ def train_summary(all_runs):
         "tokens_per_s": tok / med * 1e3,
         "tokens_per_s_best": tok / min(steps) * 1e3,
         "phase_ms": {k: statistics.median(r["phase_ms"][k] for r in runs) for k in runs[0]["phase_ms"]},
+        "adamw_foreach": sorted({str(r["foreach"]) for r in runs if "foreach" in r}),
     }
 
 
@@ -217,7 +218,8 @@ def print_table(s):
     if t:
         for thr, x in t["by_threads"].items():
             rows.append((f"torch training tok/s ({thr} thr)", f"{x['tokens_per_s']:.0f}", f"{x['tokens_per_s_best']:.0f}",
-                         f"{x['step_ms_median']:.0f} ms/step; {x['quiet_note']}"))
+                         f"{x['step_ms_median']:.0f} ms/step; AdamW foreach={'/'.join(x['adamw_foreach'])}; "
+                         f"{x['quiet_note']}"))
 
     def ph(x):
         p = x["phase_ms"]
