@@ -17,7 +17,9 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${BUILD:-$ROOT/build-bench}
 PY=${TORCH_PYTHON:-/usr/bin/python3}
-MODEL=${STEM_BENCH_MODEL:-$ROOT/out/default.safetensors}
+# the default model: where scripts/workbench.sh caches `stem train --preset default` (and the
+# workbench looks for it: stem_default_model_path in ui/stem-state.c)
+MODEL=${STEM_BENCH_MODEL:-${XDG_DATA_HOME:-$HOME/.local/share}/stem-workbench/default.safetensors}
 ROUNDS=3
 STEPS=8
 WARMUP=2
@@ -51,6 +53,16 @@ log() { echo "run.sh: $*" >&2; }
 # run a bench program: its JSON to $1, plus how busy the rest of the machine was
 measure() { local out=$1; shift; "$PY" "$ROOT/bench/measure.py" "$out" -- "$@"; }
 
+# One run.sh at a time per machine: two at once time each other (and share
+# bench/results/latest.json). A second one waits for the first.
+if command -v flock >/dev/null; then
+    exec 9>"${TMPDIR:-/tmp}/stem-bench-run.lock"
+    if ! flock -n 9; then
+        log "another bench/run.sh is running on this machine: waiting for it"
+        flock 9
+    fi
+fi
+
 # ---------------------------------------------------------------- build
 if [ ! -f "$BUILD/build.ninja" ]; then
     log "configuring $BUILD"
@@ -69,7 +81,7 @@ fi
 if [ ! -f "$MODEL" ]; then
     INIT="$B/default-init.safetensors"
     log "no model at $MODEL: using a randomly initialized default-preset model $INIT"
-    log "  (train the real one with: stem train --preset default --out $MODEL)"
+    log "  (train the real one with: stem train --preset default --out $MODEL, or scripts/workbench.sh)"
     if [ ! -f "$INIT" ]; then
         if ninja -C "$BUILD" app/stem >/dev/null 2>&1 && "$BUILD/app/stem" init --preset default --out "$INIT" --quiet; then
             :
