@@ -3,6 +3,7 @@
  * --json) and with --plot FILE.png|.svg|.pdf draws its chart with the same
  * renderers the workbench uses. */
 #include "commands.h"
+#include "viz/json-members.h"
 #include "cli.h"
 #include "editdb/editdb.h"
 #include "editdb/planner.h"
@@ -70,23 +71,6 @@ static void save_plot(const VizArgs *a, VizDrawFn fn, const void *data, double w
     if (!a->json) fprintf(stderr, "wrote %s\n", a->plot);
 }
 
-static void js(JsonBuilder *b, const char *k, const char *v)
-{
-    json_builder_set_member_name(b, k);
-    if (v) json_builder_add_string_value(b, v);
-    else json_builder_add_null_value(b);
-}
-static void ji(JsonBuilder *b, const char *k, gint64 v)
-{
-    json_builder_set_member_name(b, k);
-    json_builder_add_int_value(b, v);
-}
-static void jd(JsonBuilder *b, const char *k, double v)
-{
-    json_builder_set_member_name(b, k);
-    if (isfinite(v)) json_builder_add_double_value(b, v);
-    else json_builder_add_null_value(b);
-}
 static void jb(JsonBuilder *b, const char *k, gboolean v)
 {
     json_builder_set_member_name(b, k);
@@ -170,10 +154,10 @@ static void geom_free(GeomRun *r)
 static void geom_json(JsonBuilder *b, const GeomRun *r, double hmax, int bins)
 {
     json_builder_begin_object(b);
-    js(b, "model", r->path);
-    js(b, "kind", r->m->cfg.stem_mask ? "stem" : "dense");
-    ji(b, "token_sample", r->n_sample);
-    ji(b, "corpus_tokens", (gint64)r->n_text);
+    viz_json_string(b, "model", r->path);
+    viz_json_string(b, "kind", r->m->cfg.stem_mask ? "stem" : "dense");
+    viz_json_int(b, "token_sample", r->n_sample);
+    viz_json_int(b, "corpus_tokens", (gint64)r->n_text);
     json_builder_set_member_name(b, "layers");
     json_builder_begin_array(b);
     double *h = g_new(double, bins);
@@ -181,29 +165,29 @@ static void geom_json(JsonBuilder *b, const GeomRun *r, double hmax, int bins)
         const VizLayerGeometry *g = &g_array_index(r->layers, VizLayerGeometry, i);
         const VizCosStats *s = &g->stats;
         json_builder_begin_object(b);
-        ji(b, "layer", g->layer);
-        js(b, "source", g->stem ? "stem_rows" : "dense_up_outputs");
-        ji(b, "n_vectors", g->n_vectors);
-        ji(b, "dim", s->dim);
-        ji(b, "n_pairs", s->n_pairs);
-        ji(b, "zero_vectors", s->n_zero);
-        jd(b, "mean_abs_cos", s->mean_abs);
-        jd(b, "median_abs_cos", s->median_abs);
-        jd(b, "p95_abs_cos", s->p95_abs);
-        jd(b, "p99_abs_cos", s->p99_abs);
-        jd(b, "max_abs_cos", s->max_abs);
-        jd(b, "mean_cos", s->mean);
-        jd(b, "std_cos", s->std);
+        viz_json_int(b, "layer", g->layer);
+        viz_json_string(b, "source", g->stem ? "stem_rows" : "dense_up_outputs");
+        viz_json_int(b, "n_vectors", g->n_vectors);
+        viz_json_int(b, "dim", s->dim);
+        viz_json_int(b, "n_pairs", s->n_pairs);
+        viz_json_int(b, "zero_vectors", s->n_zero);
+        viz_json_double(b, "mean_abs_cos", s->mean_abs);
+        viz_json_double(b, "median_abs_cos", s->median_abs);
+        viz_json_double(b, "p95_abs_cos", s->p95_abs);
+        viz_json_double(b, "p99_abs_cos", s->p99_abs);
+        viz_json_double(b, "max_abs_cos", s->max_abs);
+        viz_json_double(b, "mean_cos", s->mean);
+        viz_json_double(b, "std_cos", s->std);
         /* independent random directions in dim dimensions: |cos| ~ |N(0, 1/dim)|, P95 = 1.96/sqrt(dim) */
-        jd(b, "random_p95_abs_cos", 1.959964 / sqrt((double)s->dim));
+        viz_json_double(b, "random_p95_abs_cos", 1.959964 / sqrt((double)s->dim));
         viz_cos_stats_abs_hist(s, 0, hmax, bins, h);
         json_builder_set_member_name(b, "histogram");
         json_builder_begin_object(b);
-        js(b, "of", "abs_cos");
-        jd(b, "lo", 0);
-        jd(b, "hi", hmax);
-        ji(b, "bins", bins);
-        js(b, "unit", "percent of pairs");
+        viz_json_string(b, "of", "abs_cos");
+        viz_json_double(b, "lo", 0);
+        viz_json_double(b, "hi", hmax);
+        viz_json_int(b, "bins", bins);
+        viz_json_string(b, "unit", "percent of pairs");
         json_builder_set_member_name(b, "percent");
         json_builder_begin_array(b);
         for (int k = 0; k < bins; k++) json_builder_add_double_value(b, h[k]);
@@ -469,25 +453,25 @@ int cmd_pca(int argc, char **argv)
     if (a.json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-        js(b, "model", argv[1]);
-        ji(b, "layer", layer);
-        ji(b, "n", tok->len);
-        jd(b, "explained_pc1", f1);
-        jd(b, "explained_pc2", f2);
-        jd(b, "var_pc1", p.var[0]);
-        jd(b, "var_pc2", p.var[1]);
-        jd(b, "total_var", p.total_var);
+        viz_json_string(b, "model", argv[1]);
+        viz_json_int(b, "layer", layer);
+        viz_json_int(b, "n", tok->len);
+        viz_json_double(b, "explained_pc1", f1);
+        viz_json_double(b, "explained_pc2", f2);
+        viz_json_double(b, "var_pc1", p.var[0]);
+        viz_json_double(b, "var_pc2", p.var[1]);
+        viz_json_double(b, "total_var", p.total_var);
         json_builder_set_member_name(b, "points");
         json_builder_begin_array(b);
         for (guint i = 0; i < tok->len; i++) {
             int id = g_array_index(tok, int32_t, i);
             json_builder_begin_object(b);
-            ji(b, "id", id);
-            js(b, "token", labs[i]);
-            jd(b, "x", p.coords[2 * i]);
-            jd(b, "y", p.coords[2 * i + 1]);
-            ji(b, "count", counts[id]);
-            js(b, "group", groups[id] == 1 ? "country" : groups[id] == 2 ? "capital" : "other");
+            viz_json_int(b, "id", id);
+            viz_json_string(b, "token", labs[i]);
+            viz_json_double(b, "x", p.coords[2 * i]);
+            viz_json_double(b, "y", p.coords[2 * i + 1]);
+            viz_json_int(b, "count", counts[id]);
+            viz_json_string(b, "group", groups[id] == 1 ? "country" : groups[id] == 2 ? "capital" : "other");
             jb(b, "highlight", is_hl[id]);
             json_builder_end_object(b);
         }
@@ -601,24 +585,24 @@ int cmd_neighbours(int argc, char **argv)
     if (a.json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-        js(b, "model", argv[1]);
-        ji(b, "id", q);
-        js(b, "token", ql);
+        viz_json_string(b, "model", argv[1]);
+        viz_json_int(b, "id", q);
+        viz_json_string(b, "token", ql);
         jb(b, "seen_tokens_only", !all_tokens);
         json_builder_set_member_name(b, "layers");
         json_builder_begin_array(b);
         for (int i = 0; i < nl; i++) {
             json_builder_begin_object(b);
-            ji(b, "layer", layers[i]);
+            viz_json_int(b, "layer", layers[i]);
             json_builder_set_member_name(b, "neighbours");
             json_builder_begin_array(b);
             for (int j = 0; j < got[i]; j++) {
                 const VizNeighbour *x = &nb[(size_t)i * k + j];
                 char *t = label(m, x->id);
                 json_builder_begin_object(b);
-                ji(b, "id", x->id);
-                js(b, "token", t);
-                jd(b, "cos", x->cos);
+                viz_json_int(b, "id", x->id);
+                viz_json_string(b, "token", t);
+                viz_json_double(b, "cos", x->cos);
                 json_builder_end_object(b);
                 g_free(t);
             }
@@ -723,32 +707,32 @@ int cmd_lens(int argc, char **argv)
     if (a.json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-        js(b, "model", argv[1]);
-        js(b, "prompt", argv[2]);
-        ji(b, "k", L.k);
+        viz_json_string(b, "model", argv[1]);
+        viz_json_string(b, "prompt", argv[2]);
+        viz_json_int(b, "k", L.k);
         if (tid >= 0) {
-            ji(b, "track_id", tid);
-            js(b, "track_token", tl);
+            viz_json_int(b, "track_id", tid);
+            viz_json_string(b, "track_token", tl);
         }
         json_builder_set_member_name(b, "layers");
         json_builder_begin_array(b);
         for (int r = 0; r < L.n_rows; r++) {
             json_builder_begin_object(b);
-            ji(b, "layer", r - 1);
+            viz_json_int(b, "layer", r - 1);
             char *nm = layer_name(&m->cfg, r);
-            js(b, "name", nm);
+            viz_json_string(b, "name", nm);
             g_free(nm);
-            jd(b, "entropy", L.entropy[r]);
-            if (L.track) jd(b, "track_prob", L.track[r]);
+            viz_json_double(b, "entropy", L.entropy[r]);
+            if (L.track) viz_json_double(b, "track_prob", L.track[r]);
             json_builder_set_member_name(b, "topk");
             json_builder_begin_array(b);
             for (int i = 0; i < L.k; i++) {
                 int id = L.ids[(size_t)r * L.k + i];
                 char *t = label(m, id);
                 json_builder_begin_object(b);
-                ji(b, "id", id);
-                js(b, "token", t);
-                jd(b, "prob", L.probs[(size_t)r * L.k + i]);
+                viz_json_int(b, "id", id);
+                viz_json_string(b, "token", t);
+                viz_json_double(b, "prob", L.probs[(size_t)r * L.k + i]);
                 json_builder_end_object(b);
                 g_free(t);
             }
@@ -875,27 +859,27 @@ int cmd_active_params(int argc, char **argv)
     if (a.json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-        js(b, "model", argv[1]);
+        viz_json_string(b, "model", argv[1]);
         jb(b, "hypothetical_stem", hypothetical);
-        ji(b, "corpus_tokens", (gint64)n);
-        jd(b, "stem_fixed_params", am.stem_fixed);
-        jd(b, "params_per_unique_token", am.stem_per_unique);
-        jd(b, "dense_params", am.dense_constant);
-        jd(b, "heaps_K", h.K);
-        jd(b, "heaps_beta", h.beta);
-        jd(b, "crossover_unique_tokens", cross_u);
-        jd(b, "crossover_context_length", cross_len);
-        jd(b, "crossover_context_length_fit", cross_fit);
-        ji(b, "distinct_tokens", h.distinct);
+        viz_json_int(b, "corpus_tokens", (gint64)n);
+        viz_json_double(b, "stem_fixed_params", am.stem_fixed);
+        viz_json_double(b, "params_per_unique_token", am.stem_per_unique);
+        viz_json_double(b, "dense_params", am.dense_constant);
+        viz_json_double(b, "heaps_K", h.K);
+        viz_json_double(b, "heaps_beta", h.beta);
+        viz_json_double(b, "crossover_unique_tokens", cross_u);
+        viz_json_double(b, "crossover_context_length", cross_len);
+        viz_json_double(b, "crossover_context_length_fit", cross_fit);
+        viz_json_int(b, "distinct_tokens", h.distinct);
         json_builder_set_member_name(b, "points");
         json_builder_begin_array(b);
         for (int i = 0; i < h.n; i++) {
             json_builder_begin_object(b);
-            ji(b, "context_length", h.length[i]);
-            jd(b, "unique_tokens", h.unique[i]);
-            ji(b, "windows", h.windows[i]);
-            jd(b, "stem_active_params", stem[i]);
-            jd(b, "dense_active_params", dense[i]);
+            viz_json_int(b, "context_length", h.length[i]);
+            viz_json_double(b, "unique_tokens", h.unique[i]);
+            viz_json_int(b, "windows", h.windows[i]);
+            viz_json_double(b, "stem_active_params", stem[i]);
+            viz_json_double(b, "dense_active_params", dense[i]);
             json_builder_end_object(b);
         }
         json_builder_end_array(b);
@@ -1135,21 +1119,21 @@ int cmd_shift(int argc, char **argv)
     if (a.json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-        js(b, "model", argv[1]);
-        js(b, "prompt", v.prompt);
-        js(b, "written_prompt", v.written);
+        viz_json_string(b, "model", argv[1]);
+        viz_json_string(b, "prompt", v.prompt);
+        viz_json_string(b, "written_prompt", v.written);
         char *d = stem_recipe_describe(&v.recipe);
-        js(b, "recipe", d);
+        viz_json_string(b, "recipe", d);
         g_free(d);
-        ji(b, "rows", v.plan->n_rows);
-        js(b, "source_answer", v.src_answer);
-        js(b, "target_answer", v.tgt_answer);
-        js(b, "source_answer_token", v.src_label);
-        js(b, "target_answer_token", v.tgt_label);
-        jd(b, "prob_moved", s.prob_moved);
-        jd(b, "kl_original_edited", s.kl_orig_edited);
-        jd(b, "kl_written_edited", s.kl_written_edited);
-        jd(b, "tv_written_edited", s.tv_written_edited);
+        viz_json_int(b, "rows", v.plan->n_rows);
+        viz_json_string(b, "source_answer", v.src_answer);
+        viz_json_string(b, "target_answer", v.tgt_answer);
+        viz_json_string(b, "source_answer_token", v.src_label);
+        viz_json_string(b, "target_answer_token", v.tgt_label);
+        viz_json_double(b, "prob_moved", s.prob_moved);
+        viz_json_double(b, "kl_original_edited", s.kl_orig_edited);
+        viz_json_double(b, "kl_written_edited", s.kl_written_edited);
+        viz_json_double(b, "tv_written_edited", s.tv_written_edited);
         for (int p = 0; p < VIZ_SHIFT_N; p++) {
             json_builder_set_member_name(b, names[p]);
             if (!s.probs[p]) {
@@ -1157,15 +1141,15 @@ int cmd_shift(int argc, char **argv)
                 continue;
             }
             json_builder_begin_object(b);
-            jd(b, "p_target_answer", s.p_tgt[p]);
-            jd(b, "p_source_answer", s.p_src[p]);
+            viz_json_double(b, "p_target_answer", s.p_tgt[p]);
+            viz_json_double(b, "p_source_answer", s.p_src[p]);
             json_builder_set_member_name(b, "topk");
             json_builder_begin_array(b);
             for (int i = 0; i < s.k; i++) {
                 json_builder_begin_object(b);
-                ji(b, "id", s.top[p][i].id);
-                js(b, "token", labels[p][i]);
-                jd(b, "prob", s.top[p][i].prob);
+                viz_json_int(b, "id", s.top[p][i].id);
+                viz_json_string(b, "token", labels[p][i]);
+                viz_json_double(b, "prob", s.top[p][i].prob);
                 json_builder_end_object(b);
             }
             json_builder_end_array(b);
@@ -1232,30 +1216,30 @@ int cmd_localize(int argc, char **argv)
     if (a.json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
-        js(b, "model", argv[1]);
-        js(b, "prompt", v.prompt);
+        viz_json_string(b, "model", argv[1]);
+        viz_json_string(b, "prompt", v.prompt);
         char *d = stem_recipe_describe(&v.recipe);
-        js(b, "recipe", d);
+        viz_json_string(b, "recipe", d);
         g_free(d);
-        js(b, "source_answer_token", v.src_label);
-        js(b, "target_answer_token", v.tgt_label);
-        jd(b, "p_target_unedited", L.p_tgt_base);
-        jd(b, "p_source_unedited", L.p_src_base);
-        jd(b, "p_target_all_layers", L.p_tgt_all);
-        jd(b, "p_source_all_layers", L.p_src_all);
+        viz_json_string(b, "source_answer_token", v.src_label);
+        viz_json_string(b, "target_answer_token", v.tgt_label);
+        viz_json_double(b, "p_target_unedited", L.p_tgt_base);
+        viz_json_double(b, "p_source_unedited", L.p_src_base);
+        viz_json_double(b, "p_target_all_layers", L.p_tgt_all);
+        viz_json_double(b, "p_source_all_layers", L.p_src_all);
         json_builder_set_member_name(b, "layers");
         json_builder_begin_array(b);
         for (int i = 0; i < L.n; i++) {
             json_builder_begin_object(b);
-            ji(b, "layer", L.layers[i]);
-            ji(b, "rows", L.rows_per_layer[i]);
-            jd(b, "p_target_single", L.p_tgt_single[i]);
-            jd(b, "p_target_cumulative", L.p_tgt_cumul[i]);
-            jd(b, "p_source_single", L.p_src_single[i]);
-            jd(b, "p_source_cumulative", L.p_src_cumul[i]);
+            viz_json_int(b, "layer", L.layers[i]);
+            viz_json_int(b, "rows", L.rows_per_layer[i]);
+            viz_json_double(b, "p_target_single", L.p_tgt_single[i]);
+            viz_json_double(b, "p_target_cumulative", L.p_tgt_cumul[i]);
+            viz_json_double(b, "p_source_single", L.p_src_single[i]);
+            viz_json_double(b, "p_source_cumulative", L.p_src_cumul[i]);
             char *t1 = label(v.m, L.top1_single[i]), *t2 = label(v.m, L.top1_cumul[i]);
-            js(b, "top1_single", t1);
-            js(b, "top1_cumulative", t2);
+            viz_json_string(b, "top1_single", t1);
+            viz_json_string(b, "top1_cumulative", t2);
             g_free(t1);
             g_free(t2);
             json_builder_end_object(b);

@@ -1,5 +1,6 @@
 /* Edit reports and the shift / localization chart data (report.h). */
 #include "report.h"
+#include "json-members.h"
 #include "geometry.h"
 #include "output.h"
 #include "textstats.h"
@@ -510,26 +511,9 @@ void viz_report_free(VizReport *r)
 
 /* ------------------------------------------------------------------ JSON */
 
-static void js(JsonBuilder *b, const char *k, const char *v)
-{
-    json_builder_set_member_name(b, k);
-    if (v) json_builder_add_string_value(b, v);
-    else json_builder_add_null_value(b);
-}
-static void ji(JsonBuilder *b, const char *k, gint64 v)
-{
-    json_builder_set_member_name(b, k);
-    json_builder_add_int_value(b, v);
-}
-static void jd(JsonBuilder *b, const char *k, double v)
-{
-    json_builder_set_member_name(b, k);
-    if (isfinite(v)) json_builder_add_double_value(b, v);
-    else json_builder_add_null_value(b);
-}
 static void jfrac(JsonBuilder *b, const char *k, int num, int den)
 {
-    jd(b, k, den > 0 ? (double)num / den : NAN);
+    viz_json_double(b, k, den > 0 ? (double)num / den : NAN);
 }
 
 static void json_doubles(JsonBuilder *b, const char *k, const double *v, int n)
@@ -546,25 +530,25 @@ static void json_doubles(JsonBuilder *b, const char *k, const double *v, int n)
 void viz_report_to_json(const VizReport *r, JsonBuilder *b)
 {
     json_builder_begin_object(b);
-    ji(b, "id", r->id);
-    js(b, "state", r->applied ? "applied" : "reverted");
-    ji(b, "apply_seq", r->apply_seq);
-    js(b, "created_at", r->created_at);
-    js(b, "applied_at", r->applied_at);
-    js(b, "reverted_at", r->reverted_at);
-    js(b, "origin", r->origin);
-    js(b, "checksum", r->checksum);
+    viz_json_int(b, "id", r->id);
+    viz_json_string(b, "state", r->applied ? "applied" : "reverted");
+    viz_json_int(b, "apply_seq", r->apply_seq);
+    viz_json_string(b, "created_at", r->created_at);
+    viz_json_string(b, "applied_at", r->applied_at);
+    viz_json_string(b, "reverted_at", r->reverted_at);
+    viz_json_string(b, "origin", r->origin);
+    viz_json_string(b, "checksum", r->checksum);
     json_builder_set_member_name(b, "provenance");
     json_builder_begin_object(b);
-    js(b, "model", r->model_path);
-    js(b, "model_sha256", r->model_sha256);
-    js(b, "tokenizer_sha256", r->tokenizer_sha256);
-    js(b, "database", r->db_path);
-    js(b, "database_model_sha256", r->db_model_sha256);
-    js(b, "program", r->program);
-    js(b, "date", r->date);
+    viz_json_string(b, "model", r->model_path);
+    viz_json_string(b, "model_sha256", r->model_sha256);
+    viz_json_string(b, "tokenizer_sha256", r->tokenizer_sha256);
+    viz_json_string(b, "database", r->db_path);
+    viz_json_string(b, "database_model_sha256", r->db_model_sha256);
+    viz_json_string(b, "program", r->program);
+    viz_json_string(b, "date", r->date);
     json_builder_end_object(b);
-    js(b, "recipe_text", r->recipe_desc);
+    viz_json_string(b, "recipe_text", r->recipe_desc);
     json_builder_set_member_name(b, "recipe");
     JsonNode *rn = r->recipe_json ? json_from_string(r->recipe_json, NULL) : NULL;
     if (rn) json_builder_add_value(b, rn);
@@ -572,15 +556,15 @@ void viz_report_to_json(const VizReport *r, JsonBuilder *b)
     json_builder_set_member_name(b, "plan");
     if (r->summary) json_builder_add_value(b, json_node_copy(r->summary));
     else json_builder_add_null_value(b);
-    ji(b, "rows", r->n_rows);
+    viz_json_int(b, "rows", r->n_rows);
     json_builder_set_member_name(b, "rows_per_layer");
     json_builder_begin_array(b);
     for (int i = 0; i < r->n_layers; i++) {
         json_builder_begin_object(b);
-        ji(b, "layer", r->layers[i]);
-        ji(b, "rows", r->rows_per_layer[i]);
-        jd(b, "mean_row_change_l2", r->mean_delta[i]);
-        js(b, "tokens", g_ptr_array_index(r->layer_tokens, i));
+        viz_json_int(b, "layer", r->layers[i]);
+        viz_json_int(b, "rows", r->rows_per_layer[i]);
+        viz_json_double(b, "mean_row_change_l2", r->mean_delta[i]);
+        viz_json_string(b, "tokens", g_ptr_array_index(r->layer_tokens, i));
         json_builder_end_object(b);
     }
     json_builder_end_array(b);
@@ -588,23 +572,23 @@ void viz_report_to_json(const VizReport *r, JsonBuilder *b)
     json_builder_begin_array(b);
     for (guint i = 0; i < r->warnings->len; i++) json_builder_add_string_value(b, g_ptr_array_index(r->warnings, i));
     json_builder_end_array(b);
-    js(b, "prompt", r->prompt);
-    js(b, "written_prompt", r->written_prompt);
-    js(b, "source_answer", r->src_answer);
-    js(b, "target_answer", r->tgt_answer);
-    js(b, "relation", r->relation >= 0 ? stem_relation_name((StemRelation)r->relation) : NULL);
+    viz_json_string(b, "prompt", r->prompt);
+    viz_json_string(b, "written_prompt", r->written_prompt);
+    viz_json_string(b, "source_answer", r->src_answer);
+    viz_json_string(b, "target_answer", r->tgt_answer);
+    viz_json_string(b, "relation", r->relation >= 0 ? stem_relation_name((StemRelation)r->relation) : NULL);
     json_builder_set_member_name(b, "shift");
     if (r->has_shift) {
         const VizShift *s = &r->shift;
         static const char *names[VIZ_SHIFT_N] = { "original", "written_in", "edited" };
         json_builder_begin_object(b);
-        ji(b, "k", s->k);
-        js(b, "source_answer_token", r->src_answer_label);
-        js(b, "target_answer_token", r->tgt_answer_label);
-        jd(b, "prob_moved", s->prob_moved);
-        jd(b, "kl_original_edited", s->kl_orig_edited);
-        jd(b, "kl_written_edited", s->kl_written_edited);
-        jd(b, "tv_written_edited", s->tv_written_edited);
+        viz_json_int(b, "k", s->k);
+        viz_json_string(b, "source_answer_token", r->src_answer_label);
+        viz_json_string(b, "target_answer_token", r->tgt_answer_label);
+        viz_json_double(b, "prob_moved", s->prob_moved);
+        viz_json_double(b, "kl_original_edited", s->kl_orig_edited);
+        viz_json_double(b, "kl_written_edited", s->kl_written_edited);
+        viz_json_double(b, "tv_written_edited", s->tv_written_edited);
         for (int p = 0; p < VIZ_SHIFT_N; p++) {
             json_builder_set_member_name(b, names[p]);
             if (!s->probs[p]) {
@@ -612,15 +596,15 @@ void viz_report_to_json(const VizReport *r, JsonBuilder *b)
                 continue;
             }
             json_builder_begin_object(b);
-            jd(b, "p_target_answer", s->p_tgt[p]);
-            jd(b, "p_source_answer", s->p_src[p]);
+            viz_json_double(b, "p_target_answer", s->p_tgt[p]);
+            viz_json_double(b, "p_source_answer", s->p_src[p]);
             json_builder_set_member_name(b, "topk");
             json_builder_begin_array(b);
             for (int i = 0; i < s->k; i++) {
                 json_builder_begin_object(b);
-                ji(b, "id", s->top[p][i].id);
-                js(b, "token", r->shift_labels[p][i]);
-                jd(b, "prob", s->top[p][i].prob);
+                viz_json_int(b, "id", s->top[p][i].id);
+                viz_json_string(b, "token", r->shift_labels[p][i]);
+                viz_json_double(b, "prob", s->top[p][i].prob);
                 json_builder_end_object(b);
             }
             json_builder_end_array(b);
@@ -638,10 +622,10 @@ void viz_report_to_json(const VizReport *r, JsonBuilder *b)
         json_builder_begin_array(b);
         for (int i = 0; i < l->n; i++) json_builder_add_int_value(b, l->layers[i]);
         json_builder_end_array(b);
-        jd(b, "p_target_unedited", l->p_tgt_base);
-        jd(b, "p_source_unedited", l->p_src_base);
-        jd(b, "p_target_all_layers", l->p_tgt_all);
-        jd(b, "p_source_all_layers", l->p_src_all);
+        viz_json_double(b, "p_target_unedited", l->p_tgt_base);
+        viz_json_double(b, "p_source_unedited", l->p_src_base);
+        viz_json_double(b, "p_target_all_layers", l->p_tgt_all);
+        viz_json_double(b, "p_source_all_layers", l->p_src_all);
         json_doubles(b, "p_target_single", l->p_tgt_single, l->n);
         json_doubles(b, "p_target_cumulative", l->p_tgt_cumul, l->n);
         json_doubles(b, "p_source_single", l->p_src_single, l->n);
@@ -656,39 +640,39 @@ void viz_report_to_json(const VizReport *r, JsonBuilder *b)
         json_builder_begin_object(b);
         jfrac(b, "efficacy_strict", s->eff_strict, s->eff_n);
         jfrac(b, "efficacy_loose", s->eff_loose, s->eff_n);
-        ji(b, "efficacy_prompts", s->eff_n);
+        viz_json_int(b, "efficacy_prompts", s->eff_n);
         jfrac(b, "paraphrase_strict", s->para_strict, s->para_n);
         jfrac(b, "paraphrase_loose", s->para_loose, s->para_n);
-        ji(b, "paraphrase_prompts", s->para_n);
+        viz_json_int(b, "paraphrase_prompts", s->para_n);
         jfrac(b, "specificity", s->spec_kept, s->spec_n);
-        ji(b, "specificity_prompts", s->spec_n);
+        viz_json_int(b, "specificity_prompts", s->spec_n);
         jfrac(b, "specificity_touched", s->touched_kept, s->touched_n);
-        ji(b, "touched_prompts", s->touched_n);
+        viz_json_int(b, "touched_prompts", s->touched_n);
         json_builder_set_member_name(b, "relation_sweep");
         json_builder_begin_object(b);
         for (int q = 0; q < REL_COUNT; q++) {
             json_builder_set_member_name(b, stem_relation_name((StemRelation)q));
             json_builder_begin_object(b);
-            ji(b, "n", s->sweep_n[q]);
-            ji(b, "flipped", s->sweep_flip[q]);
+            viz_json_int(b, "n", s->sweep_n[q]);
+            viz_json_int(b, "flipped", s->sweep_flip[q]);
             json_builder_end_object(b);
         }
         json_builder_end_object(b);
-        jd(b, "fluency_before", s->flu_n ? s->flu_before / s->flu_n : NAN);
-        jd(b, "fluency_after", s->flu_n ? s->flu_after / s->flu_n : NAN);
+        viz_json_double(b, "fluency_before", s->flu_n ? s->flu_before / s->flu_n : NAN);
+        viz_json_double(b, "fluency_after", s->flu_n ? s->flu_after / s->flu_n : NAN);
         json_builder_end_object(b);
     } else {
         json_builder_begin_object(b);
-        js(b, "skipped", r->metrics_note);
+        viz_json_string(b, "skipped", r->metrics_note);
         json_builder_end_object(b);
     }
     json_builder_set_member_name(b, "generations");
     json_builder_begin_array(b);
     for (int i = 0; i < r->n_gen; i++) {
         json_builder_begin_object(b);
-        js(b, "prompt", r->gen_prompt[i]);
-        js(b, "before", r->gen_before[i]);
-        js(b, "after", r->gen_after[i]);
+        viz_json_string(b, "prompt", r->gen_prompt[i]);
+        viz_json_string(b, "before", r->gen_before[i]);
+        viz_json_string(b, "after", r->gen_after[i]);
         json_builder_end_object(b);
     }
     json_builder_end_array(b);
@@ -697,8 +681,8 @@ void viz_report_to_json(const VizReport *r, JsonBuilder *b)
     for (guint i = 0; i < r->commands->len; i++) {
         char **kv = g_strsplit(g_ptr_array_index(r->commands, i), "\t", 2);
         json_builder_begin_object(b);
-        js(b, "purpose", kv[0]);
-        js(b, "command", kv[1]);
+        viz_json_string(b, "purpose", kv[0]);
+        viz_json_string(b, "command", kv[1]);
         json_builder_end_object(b);
         g_strfreev(kv);
     }
