@@ -58,6 +58,7 @@ typedef struct {
     guint32 freq;
     guint64 tick;
     int32_t heap_pos; /* index in heap[], -1 when not in the heap (pinned or free) */
+    int32_t pins;     /* pinned chunks holding it; in the heap iff resident and pins == 0 */
 } Entry;
 
 struct StemRowCache {
@@ -71,9 +72,11 @@ struct StemRowCache {
     int heap_n;
     int32_t *free_slots; /* [capacity] stack, top = next slot handed out */
     int n_free;
-    int32_t *pinned;     /* [capacity] slots pinned by the chunk in flight */
-    int n_pinned;
-    gboolean in_flight;
+    int max_chunks;      /* >= 1 */
+    int32_t *pinned;     /* [max_chunks][capacity]: slots pinned by each chunk in flight (a ring) */
+    int *n_pinned;       /* [max_chunks] */
+    int chunk_head;      /* ring index of the oldest chunk in flight */
+    int n_chunks;        /* chunks in flight */
     int size;
     guint64 tick;
     guint64 synced_gen;
@@ -144,6 +147,7 @@ StemRowCacheOptions stem_rowcache_options_for(const StemTables *t, int capacity,
         .capacity = capacity,
         .row_bytes = (guint64)stem_tables_n(t) * (guint64)stem_tables_ffn(t) * dsize,
         .keep_history = keep_history,
+        .max_chunks = 1,
     };
     return o;
 }
@@ -154,16 +158,19 @@ StemRowCache *stem_rowcache_new(const StemRowCacheOptions *opt)
     StemRowCache *c = g_new0(StemRowCache, 1);
     c->opt = *opt;
     int cap = opt->capacity;
+    c->max_chunks = opt->max_chunks > 1 ? opt->max_chunks : 1;
+    c->opt.max_chunks = c->max_chunks;
     c->e = g_new(Entry, (gsize)cap);
     c->heap = g_new(int32_t, (gsize)cap);
     c->free_slots = g_new(int32_t, (gsize)cap);
-    c->pinned = g_new(int32_t, (gsize)cap);
+    c->pinned = g_new(int32_t, (gsize)cap * (gsize)c->max_chunks);
+    c->n_pinned = g_new0(int, c->max_chunks);
     c->slot_of = g_new(int32_t, (gsize)opt->vocab);
     c->seen = g_new0(guint32, (gsize)opt->vocab);
     if (opt->keep_history) c->hist = g_new0(guint32, (gsize)opt->vocab);
     for (int v = 0; v < opt->vocab; v++) c->slot_of[v] = -1;
     for (int s = 0; s < cap; s++) {
-        c->e[s] = (Entry){ .token = -1, .heap_pos = -1 };
+        c->e[s] = (Entry){ .token = -1, .heap_pos = -1, .pins = 0 };
         c->free_slots[s] = cap - 1 - s;        /* slot 0 on top */
     }
     c->n_free = cap;
@@ -177,6 +184,7 @@ void stem_rowcache_free(StemRowCache *c)
     g_free(c->heap);
     g_free(c->free_slots);
     g_free(c->pinned);
+    g_free(c->n_pinned);
     g_free(c->slot_of);
     g_free(c->seen);
     g_free(c->hist);
@@ -185,6 +193,7 @@ void stem_rowcache_free(StemRowCache *c)
 
 int stem_rowcache_capacity(const StemRowCache *c) { return c->opt.capacity; }
 int stem_rowcache_size(const StemRowCache *c) { return c->size; }
+int stem_rowcache_chunks_in_flight(const StemRowCache *c) { return c->n_chunks; }
 const StemRowCacheStats *stem_rowcache_stats(const StemRowCache *c) { return &c->st; }
 void stem_rowcache_reset_stats(StemRowCache *c) { memset(&c->st, 0, sizeof c->st); }
 
@@ -204,7 +213,7 @@ guint32 stem_rowcache_freq(const StemRowCache *c, int token)
 gboolean stem_rowcache_is_pinned(const StemRowCache *c, int token)
 {
     int s = stem_rowcache_slot_of(c, token);
-    return s >= 0 && c->in_flight && c->e[s].heap_pos < 0;
+    return s >= 0 && c->e[s].pins > 0;
 }
 
 /* Remove a resident, unpinned token from the cache; its slot becomes free or is reused. */
@@ -222,9 +231,13 @@ int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32
                                int32_t *evicted, int *n_evicted, GError **error)
 {
     if (n_evicted) *n_evicted = 0;
-    if (c->in_flight) {
-        g_set_error(error, STEM_ROWCACHE_ERROR, STEM_ROWCACHE_ERROR_INVALID,
-                    "row cache: a chunk is still pinned (release_chunk not called)");
+    if (c->n_chunks == c->max_chunks) {
+        if (c->max_chunks == 1)
+            g_set_error(error, STEM_ROWCACHE_ERROR, STEM_ROWCACHE_ERROR_INVALID,
+                        "row cache: a chunk is still pinned (release_chunk not called)");
+        else
+            g_set_error(error, STEM_ROWCACHE_ERROR, STEM_ROWCACHE_ERROR_INVALID,
+                        "row cache: %d chunks are still pinned (release_chunk not called)", c->n_chunks);
         return -1;
     }
     if (n < 0 || n > c->opt.capacity) {
@@ -233,7 +246,9 @@ int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32
                     c->opt.capacity);
         return -1;
     }
-    /* Validate everything before changing anything. */
+    /* Validate everything before changing anything, counting what the misses may use:
+     * free slots plus unpinned residents, less the unpinned hits this chunk pins. */
+    int n_miss = 0, unpinned_hits = 0;
     if (++c->seen_gen == 0) {
         memset(c->seen, 0, (gsize)c->opt.vocab * sizeof *c->seen);
         c->seen_gen = 1;
@@ -251,12 +266,23 @@ int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32
             return -1;
         }
         c->seen[t] = c->seen_gen;
+        int32_t s = c->slot_of[t];
+        if (s < 0) n_miss++;
+        else if (c->e[s].pins == 0) unpinned_hits++;
+    }
+    int room = c->n_free + c->heap_n - unpinned_hits;   /* always >= n_miss with no chunk in flight */
+    if (n_miss > room) {
+        g_set_error(error, STEM_ROWCACHE_ERROR, STEM_ROWCACHE_ERROR_TOO_LARGE,
+                    "row cache: %d new rows do not fit beside the %d chunk(s) in flight (%d rows free or "
+                    "evictable)", n_miss, c->n_chunks, room);
+        return -1;
     }
 
     guint64 base = c->tick;
     c->tick += (guint64)n;
-    c->n_pinned = 0;
-    c->in_flight = TRUE;
+    int ring = (c->chunk_head + c->n_chunks) % c->max_chunks;
+    int32_t *pinned = c->pinned + (gsize)ring * (gsize)c->opt.capacity;
+    int n_pinned = 0;
 
     /* Pass 1: hits are touched and pinned before any miss can evict. */
     for (int i = 0; i < n; i++) {
@@ -264,11 +290,12 @@ int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32
         slots[i] = s;
         if (s < 0) continue;
         Entry *e = &c->e[s];
-        heap_remove(c, s);
+        if (e->pins == 0) heap_remove(c, s);   /* else already out of the heap: pinned by an earlier chunk */
+        e->pins++;
         e->freq++;
         e->tick = base + (guint64)i;
         if (c->hist) c->hist[ids[i]] = e->freq;
-        c->pinned[c->n_pinned++] = s;
+        pinned[n_pinned++] = s;
     }
     /* Pass 2: misses in order, into a free slot or the victim's. */
     int k = 0, n_ev = 0;
@@ -292,14 +319,17 @@ int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32
         if (c->hist) c->hist[t] = e->freq;
         e->tick = base + (guint64)i;
         e->heap_pos = -1;
+        e->pins = 1;
         c->slot_of[t] = s;
         c->size++;
         slots[i] = s;
-        c->pinned[c->n_pinned++] = s;
+        pinned[n_pinned++] = s;
         if (misses) misses[k] = i;
         k++;
     }
     if (n_evicted) *n_evicted = n_ev;
+    c->n_pinned[ring] = n_pinned;
+    c->n_chunks++;
     c->st.chunks++;
     c->st.lookups += (guint64)n;
     c->st.hits += (guint64)(n - k);
@@ -311,9 +341,17 @@ int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32
 
 void stem_rowcache_release_chunk(StemRowCache *c)
 {
-    for (int i = 0; i < c->n_pinned; i++) heap_push(c, c->pinned[i]);
-    c->n_pinned = 0;
-    c->in_flight = FALSE;
+    if (c->n_chunks == 0) return;
+    int ring = c->chunk_head;
+    const int32_t *pinned = c->pinned + (gsize)ring * (gsize)c->opt.capacity;
+    for (int i = 0; i < c->n_pinned[ring]; i++) {
+        Entry *e = &c->e[pinned[i]];
+        g_assert(e->pins > 0);
+        if (--e->pins == 0) heap_push(c, pinned[i]);
+    }
+    c->n_pinned[ring] = 0;
+    c->chunk_head = (ring + 1) % c->max_chunks;
+    c->n_chunks--;
 }
 
 gboolean stem_rowcache_invalidate(StemRowCache *c, int token, GError **error)
@@ -325,7 +363,7 @@ gboolean stem_rowcache_invalidate(StemRowCache *c, int token, GError **error)
     }
     int32_t s = c->slot_of[token];
     if (s < 0) return FALSE;
-    if (c->e[s].heap_pos < 0) {
+    if (c->e[s].pins > 0) {
         g_set_error(error, STEM_ROWCACHE_ERROR, STEM_ROWCACHE_ERROR_INVALID,
                     "row cache: token %d is pinned by the chunk in flight", token);
         return FALSE;
@@ -339,7 +377,7 @@ gboolean stem_rowcache_invalidate(StemRowCache *c, int token, GError **error)
 gboolean stem_rowcache_sync_overlay(StemRowCache *c, const StemTables *t, const int32_t *tokens, int n,
                                     GError **error)
 {
-    if (c->in_flight) {
+    if (c->n_chunks > 0) {
         g_set_error(error, STEM_ROWCACHE_ERROR, STEM_ROWCACHE_ERROR_INVALID,
                     "row cache: cannot sync the overlay while a chunk is pinned");
         return FALSE;
@@ -356,6 +394,18 @@ gboolean stem_rowcache_sync_overlay(StemRowCache *c, const StemTables *t, const 
     }
     c->synced_gen = t ? stem_tables_generation(t) : c->synced_gen;
     return TRUE;
+}
+
+int stem_rowcache_invalidate_unpinned(StemRowCache *c, const StemTables *t)
+{
+    int dropped = 0;
+    for (int32_t s = 0; s < c->opt.capacity; s++)
+        if (c->e[s].token >= 0 && c->e[s].pins == 0) {
+            stem_rowcache_invalidate(c, c->e[s].token, NULL);
+            dropped++;
+        }
+    if (t) c->synced_gen = stem_tables_generation(t);
+    return dropped;
 }
 
 gboolean stem_rowcache_overlay_stale(const StemRowCache *c, const StemTables *t)

@@ -41,6 +41,14 @@
  *    needs. release_chunk unpins them. A chunk with more unique ids than the
  *    capacity cannot be served and is an error (nothing is changed); callers
  *    split it into waves (the bench does).
+ *  - Several chunks in flight (max_chunks > 1, for prefetch: chunk i+1 is
+ *    looked up while chunk i is still being computed): a token stays pinned
+ *    while ANY pinned chunk holds it (a pin count), release_chunk releases the
+ *    OLDEST pinned chunk (FIFO), and a lookup whose misses do not fit in the
+ *    free slots plus the unpinned residents is refused with TOO_LARGE and
+ *    changes nothing (the caller waits for a release and tries again). A hit
+ *    on a token pinned by an earlier chunk is an ordinary hit (freq += 1, new
+ *    tick). max_chunks = 0 or 1 is the single-chunk behaviour above.
  *  - Eviction order is a binary min-heap on (freq, tick) over the unpinned
  *    residents: lookup/insert/evict are O(log capacity); the token -> slot map
  *    is a vocabulary-sized array (O(1)).
@@ -50,7 +58,10 @@
  *    token pinned by the chunk in flight (error). sync_overlay invalidates a
  *    list of changed tokens (or everything when the list is unknown) and records
  *    stem_tables_generation(), so overlay_stale() tells whether the overlay
- *    changed since.
+ *    changed since. invalidate_unpinned is the same flush while chunks are in
+ *    flight: it drops every unpinned resident and records the generation; the
+ *    pinned units stay resident and the CALLER must refresh their contents
+ *    (engine/offload.c re-uploads them before their chunk computes).
  *  - Statistics: lookups (= unique ids looked up), hits, misses, evictions,
  *    invalidations, rows moved (= misses: one unit per token) and bytes moved
  *    (= misses × row_bytes). */
@@ -88,6 +99,7 @@ typedef struct {
     int capacity;          /* rows (tokens) the device buffer holds, >= 1 */
     guint64 row_bytes;     /* bytes of one token's unit: n_stem · d_ff · dtype size */
     gboolean keep_history; /* perfect LFU (counts survive eviction) vs in-cache LFU */
+    int max_chunks;        /* chunks that may be pinned at once; 0 or 1 = one */
 } StemRowCacheOptions;
 
 typedef struct {
@@ -101,7 +113,7 @@ typedef struct {
 } StemRowCacheStats;
 
 StemRowCache *stem_rowcache_new(const StemRowCacheOptions *opt);
-/* Options from a table store: vocab, row_bytes = n_stem · ffn · dtype size. */
+/* Options from a table store: vocab, row_bytes = n_stem · ffn · dtype size, max_chunks 1. */
 StemRowCacheOptions stem_rowcache_options_for(const StemTables *t, int capacity, gboolean keep_history);
 void stem_rowcache_free(StemRowCache *c);
 
@@ -118,12 +130,16 @@ gboolean stem_rowcache_is_pinned(const StemRowCache *c, int token);
  * = the indices i whose rows must be copied into slots[i] (k is returned), in
  * the order given. evicted (may be NULL, n entries) receives the evicted tokens
  * in eviction order; *n_evicted (may be NULL) their count. Returns -1 with an
- * error (and changes nothing) when n > capacity, an id is out of range or
- * repeated, or a chunk is still pinned (release_chunk not called). */
+ * error (and changes nothing) when n > capacity or the misses do not fit beside
+ * the chunks in flight (TOO_LARGE), an id is out of range or repeated, or
+ * max_chunks chunks are still pinned (release_chunk not called) (INVALID). */
 int stem_rowcache_lookup_chunk(StemRowCache *c, const int32_t *ids, int n, int32_t *slots, int32_t *misses,
                                int32_t *evicted, int *n_evicted, GError **error);
-/* End of chunk: unpin its ids (they become evictable again). */
+/* End of chunk: unpin the OLDEST pinned chunk's ids (a token becomes evictable
+ * again when no other pinned chunk holds it). No-op when nothing is pinned. */
 void stem_rowcache_release_chunk(StemRowCache *c);
+/* Chunks pinned now (0 .. max_chunks). */
+int stem_rowcache_chunks_in_flight(const StemRowCache *c);
 
 /* Drop a token's cached rows (an edit changed them). Returns TRUE when it was
  * resident. Fails (FALSE + error) when the token is pinned or out of range. */
@@ -132,6 +148,11 @@ gboolean stem_rowcache_invalidate(StemRowCache *c, int token, GError **error);
  * NULL, and remember stem_tables_generation(t). No chunk may be in flight. */
 gboolean stem_rowcache_sync_overlay(StemRowCache *c, const StemTables *t, const int32_t *tokens, int n,
                                     GError **error);
+/* Drop every resident that no chunk in flight pins, and remember
+ * stem_tables_generation(t) (t may be NULL: generation kept). Allowed while
+ * chunks are pinned: their units stay resident and must be refreshed by the
+ * caller. Returns the number of units dropped (counted as invalidations). */
+int stem_rowcache_invalidate_unpinned(StemRowCache *c, const StemTables *t);
 /* TRUE when t's overlay changed since the last sync_overlay (or creation: 0). */
 gboolean stem_rowcache_overlay_stale(const StemRowCache *c, const StemTables *t);
 
