@@ -1,6 +1,7 @@
 /* Shared plumbing for the `stem` subcommands. */
 #include "cli.h"
 #include "engine/checkpoint.h"
+#include "engine/device.h"
 #include "engine/tokenizer.h"
 #include "kernels/cpu/pool.h"
 
@@ -59,6 +60,68 @@ void cli_parse(const char *cmd, const char *params, const char *summary, GOption
     if (!g_option_context_parse(ctx, argc, argv, &e)) cli_usage(cmd, "%s", e->message);
     g_option_context_free(ctx);
     g_free(prg);
+}
+
+/* Compute options (cli_parse_compute); device_opt stays NULL for commands
+ * that do not compute, which then stay on the CPU without probing for CUDA. */
+static char *device_opt, *math_opt;
+static double offload_opt;
+static gboolean compute_parsed;
+
+void cli_parse_compute(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
+                       int *argc, char ***argv)
+{
+    GOptionEntry compute[] = {
+        { "device", 0, 0, G_OPTION_ARG_STRING, &device_opt, "where to compute: cpu, cuda or auto (default auto)", "D" },
+        { "offload", 0, 0, G_OPTION_ARG_DOUBLE, &offload_opt,
+          "serve STEM tables from host memory via a device row cache of F x vocab tokens (0 < F <= 1)", "F" },
+        { "math", 0, 0, G_OPTION_ARG_STRING, &math_opt, "GEMM precision on CUDA: fp32 (default), tf32 or bf16", "M" },
+        { NULL }
+    };
+    GOptionContext *ctx = g_option_context_new(params);
+    g_option_context_set_summary(ctx, summary);
+    /* in the main group, so `--help` lists them with the command's own */
+    if (entries) g_option_context_add_main_entries(ctx, entries, NULL);
+    g_option_context_add_main_entries(ctx, compute, NULL);
+    char *prg = g_strdup_printf("stem %s", cmd);
+    g_set_prgname(prg);
+    GError *e = NULL;
+    if (!g_option_context_parse(ctx, argc, argv, &e)) cli_usage(cmd, "%s", e->message);
+    g_option_context_free(ctx);
+    g_free(prg);
+    if (!device_opt) device_opt = g_strdup("auto");
+    if (!stem_device_name_valid(device_opt)) cli_usage(cmd, "unknown --device '%s' (use cpu, cuda or auto)", device_opt);
+    if (!(offload_opt >= 0 && offload_opt <= 1)) cli_usage(cmd, "--offload must be a fraction in (0, 1]");
+    if (math_opt && g_strcmp0(math_opt, "fp32") && g_strcmp0(math_opt, "tf32") && g_strcmp0(math_opt, "bf16"))
+        cli_usage(cmd, "unknown --math '%s' (use fp32, tf32 or bf16)", math_opt);
+    compute_parsed = TRUE;
+}
+
+void cli_use_device(StemModel *m)
+{
+    if (!compute_parsed) return;
+    GError *e = NULL;
+    const StemKernels *k = stem_device_open(device_opt, &e);
+    if (!k) cli_fail("%s", e->message);
+    int cap = 0;
+    if (offload_opt > 0) {
+        if (stem_config_n_stem(&m->cfg) == 0) cli_fail("--offload: this model has no STEM tables");
+        cap = MAX(1, (int)(offload_opt * m->cfg.vocab + 0.5));
+    }
+    if (math_opt) k->set_math(!g_strcmp0(math_opt, "tf32") ? STEM_MATH_TF32
+                              : !g_strcmp0(math_opt, "bf16") ? STEM_MATH_BF16 : STEM_MATH_FP32);
+    if (k == m->k && cap == m->offload_capacity) return;
+    if (!stem_model_set_device(m, k, cap, &e)) cli_fail("%s", e->message);
+}
+
+void cli_json_device(JsonBuilder *b, const StemModel *m)
+{
+    json_builder_set_member_name(b, "device");
+    json_builder_add_string_value(b, m->k->device_name);
+    if (m->offload_capacity > 0) {
+        json_builder_set_member_name(b, "offload_capacity");
+        json_builder_add_int_value(b, m->offload_capacity);
+    }
 }
 
 void cli_print_json(JsonBuilder *b)
@@ -135,6 +198,7 @@ StemModel *cli_load_model(const char *path)
     if (!g_file_test(path, G_FILE_TEST_EXISTS)) cli_fail("%s: no such model file", path);
     StemModel *m = stem_model_load(path, &e);
     if (!m) cli_fail("%s", e->message);
+    cli_use_device(m);
     return m;
 }
 

@@ -17,6 +17,21 @@ G_NORETURN void cli_usage(const char *cmd, const char *fmt, ...) G_GNUC_PRINTF(2
 void cli_parse(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
                int *argc, char ***argv);
 
+/* cli_parse plus the compute options of every command that computes:
+ *   --device cpu|cuda|auto   where to compute (default auto: CUDA when a GPU and
+ *                            the CUDA module are there, else the CPU)
+ *   --offload F              serve the STEM tables from host memory through a
+ *                            device row cache of F x vocabulary tokens (0 < F <= 1)
+ *   --math fp32|tf32|bf16    GEMM precision on CUDA (default fp32)
+ * Models loaded afterwards with cli_load_model are moved to that device. */
+void cli_parse_compute(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
+                       int *argc, char ***argv);
+/* Move m to the device chosen by cli_parse_compute (exits with a clear error);
+ * cli_load_model does it already. No-op when no compute options were parsed. */
+void cli_use_device(StemModel *m);
+/* Add "device": name (and "offload_capacity" when offloaded) to a JSON object. */
+void cli_json_device(JsonBuilder *b, const StemModel *m);
+
 /* Print a JSON node (pretty) on stdout and free the builder. */
 void cli_print_json(JsonBuilder *b);
 

@@ -899,7 +899,7 @@ static int eval_one(int argc, char **argv)
         OPT_DB(a), OPT_MODEL(a), { "threads", 0, 0, G_OPTION_ARG_INT, &a.threads, "worker threads (0 = all cores)", "N" },
         OPT_JSON(a), { NULL }
     };
-    cli_parse("eval edit", "ID", "Metrics of one patch set (a swap or blend between two countries): efficacy,\n"
+    cli_parse_compute("eval edit", "ID", "Metrics of one patch set (a swap or blend between two countries): efficacy,\n"
               "paraphrase, specificity, relation sweep, fluency, against the database's other\n"
               "applied edits as the baseline.", entries, &argc, &argv);
     need("eval edit", "--db", a.db);
@@ -1033,7 +1033,7 @@ static int eval_many(int argc, char **argv)
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet, "no progress on stderr", NULL },
         OPT_JSON(a), { NULL }
     };
-    cli_parse("eval edits", "", "Apply, measure and revert N random source/target country pairs per kind\n"
+    cli_parse_compute("eval edits", "", "Apply, measure and revert N random source/target country pairs per kind\n"
               "(single-token names, multi-token names), one row per strategy, and a control\n"
               "row on a dense model whose input-embedding rows are swapped instead.", entries, &argc, &argv);
     if (argc > 1) cli_usage("eval edits", "unexpected argument '%s'", argv[1]);

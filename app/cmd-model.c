@@ -97,7 +97,7 @@ int cmd_topk(int argc, char **argv)
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "print JSON", NULL },
         { NULL }
     };
-    cli_parse("topk", "MODEL PROMPT", "The k most likely next tokens after PROMPT.", entries, &argc, &argv);
+    cli_parse_compute("topk", "MODEL PROMPT", "The k most likely next tokens after PROMPT.", entries, &argc, &argv);
     if (argc != 3) cli_usage("topk", "expected MODEL and PROMPT");
     if (k < 1) cli_usage("topk", "--k must be at least 1");
     cli_init_threads(threads);
@@ -112,6 +112,7 @@ int cmd_topk(int argc, char **argv)
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "prompt"); json_builder_add_string_value(b, argv[2]);
+        cli_json_device(b, m);
         json_builder_set_member_name(b, "ids");
         json_builder_begin_array(b);
         for (int i = 0; i < n; i++) json_builder_add_int_value(b, ids[i]);
@@ -169,7 +170,7 @@ int cmd_generate(int argc, char **argv)
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "print JSON", NULL },
         { NULL }
     };
-    cli_parse("generate", "MODEL PROMPT", "Continue PROMPT (greedy by default).", entries, &argc, &argv);
+    cli_parse_compute("generate", "MODEL PROMPT", "Continue PROMPT (greedy by default).", entries, &argc, &argv);
     if (argc != 3) cli_usage("generate", "expected MODEL and PROMPT");
     if (n_new < 1 || n_new > 100000) cli_usage("generate", "--n must be in 1..100000");
     if (temperature < 0) cli_usage("generate", "--temperature must be >= 0");
@@ -185,6 +186,7 @@ int cmd_generate(int argc, char **argv)
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "prompt"); json_builder_add_string_value(b, argv[2]);
+        cli_json_device(b, m);
         char *valid = g_utf8_make_valid(text, (gssize)len);
         json_builder_set_member_name(b, "completion"); json_builder_add_string_value(b, valid);
         g_free(valid);
@@ -231,7 +233,7 @@ int cmd_eval(int argc, char **argv)
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "print JSON", NULL },
         { NULL }
     };
-    cli_parse("eval", "facts MODEL", "Fact recall per relation: top-1 next token and full greedy answer, on the\n"
+    cli_parse_compute("eval", "facts MODEL", "Fact recall per relation: top-1 next token and full greedy answer, on the\n"
               "canonical prompt, on all training phrasings and on held-out phrasings.", entries, &argc, &argv);
     if (argc != 3 || strcmp(argv[1], "facts")) cli_usage("eval", "expected 'facts MODEL', 'edit ID' or 'edits'");
     int rel = -1;
@@ -248,6 +250,7 @@ int cmd_eval(int argc, char **argv)
     if (!f) cli_fail("%s", e->message);
     JsonBuilder *b = json_builder_new();
     json_builder_begin_object(b);
+    cli_json_device(b, m);
     if (!json) printf("%-13s %10s %10s %10s\n", "relation", "canonical", "train", "held-out");
     for (int r = 0; r < REL_COUNT; r++) {
         if (rel >= 0 && r != rel) continue;

@@ -6,13 +6,21 @@
  * (a chunk with more unique ids than the cache holds goes in waves). Reported: hit rate
  * (per unique lookup, and per position), dedup saving per chunk (1 − unique/len: mean and
  * distribution), rows and bytes moved vs. no cache (dedup only) and vs. moving every
- * position's rows, evictions. No timings: nothing here touches a device. */
+ * position's rows, evictions.
+ *
+ * --run N adds the real thing: N batches of --batch chunks go through the model's
+ * forward pass on --device, once with the tables resident on the device (a cache
+ * holding the whole vocabulary, warmed first) and once offloaded through the
+ * real row cache at --cache-fraction, staging batch i+1 while batch i computes
+ * (prefetch). Reported: time per batch of both, their ratio, and the store's own
+ * statistics (hit rate, bytes moved, copy time, stall time, overlap achieved). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include "commands.h"
 #include "cli.h"
 #include "engine/corpus.h"
+#include "engine/offload.h"
 #include "engine/rowcache.h"
 
 static int cmp_double(const void *a, const void *b)
@@ -48,11 +56,70 @@ static char *human_bytes(double b)
     return g_strdup_printf("%.2f %s", b, u[i]);
 }
 
+typedef struct {
+    int batches;
+    double ms_on_device, ms_offloaded;
+    StemOffloadStats st;
+} RunResult;
+
+/* Batch i of the stream: batch chunks of len tokens (wrapping around). */
+static void fill_run_batch(const int32_t *ids, size_t n_ids, int len, int batch, int i, int32_t *out)
+{
+    for (int b = 0; b < batch; b++) {
+        size_t start = ((size_t)i * batch + b) * (size_t)len % (n_ids - (size_t)len + 1);
+        memcpy(out + (size_t)b * len, ids + start, sizeof(int32_t) * len);
+    }
+}
+
+/* One pass of n batches through the forward; with prefetch, batch i+1 is staged
+ * while batch i computes. Returns ms per batch (device synchronized). */
+static double forward_pass(StemModel *m, const int32_t *ids, size_t n_ids, int len, int batch, int n,
+                           gboolean prefetch, int32_t *cur, int32_t *next)
+{
+    GError *e = NULL;
+    gint64 t0 = g_get_monotonic_time();
+    fill_run_batch(ids, n_ids, len, batch, 0, cur);
+    for (int i = 0; i < n; i++) {
+        if (isnan(stem_model_forward(m, cur, NULL, batch, len, FALSE))) cli_fail("the forward pass failed");
+        if (i + 1 < n) {
+            fill_run_batch(ids, n_ids, len, batch, i + 1, next);
+            if (prefetch && m->offload && !stem_offload_stage(m->offload, next, batch * len, &e))
+                cli_fail("%s", e->message);
+            int32_t *t = cur; cur = next; next = t;
+        }
+    }
+    m->k->synchronize();
+    return (g_get_monotonic_time() - t0) / 1e3 / n;
+}
+
+static void timed_runs(StemModel *m, const int32_t *ids, size_t n_ids, int len, int batch, int n, int capacity,
+                       gboolean quiet, RunResult *r)
+{
+    GError *e = NULL;
+    const StemKernels *k = m->k;
+    int32_t *cur = g_new(int32_t, (size_t)batch * len), *next = g_new(int32_t, (size_t)batch * len);
+    if (n_ids < (size_t)len) cli_fail("--run: the stream is shorter than one chunk");
+    r->batches = n;
+    /* on-device: a cache of the whole vocabulary, warmed by a first pass */
+    if (!stem_model_set_device(m, k, m->cfg.vocab, &e)) cli_fail("%s", e->message);
+    if (!quiet) fprintf(stderr, "run: warming the on-device tables on %s\n", k->device_name);
+    forward_pass(m, ids, n_ids, len, batch, n, TRUE, cur, next);
+    if (!quiet) fprintf(stderr, "run: %d batches on-device\n", n);
+    r->ms_on_device = forward_pass(m, ids, n_ids, len, batch, n, TRUE, cur, next);
+    /* offloaded: the requested cache, statistics from a cold start */
+    if (!stem_model_set_device(m, k, capacity, &e)) cli_fail("%s", e->message);
+    if (!quiet) fprintf(stderr, "run: %d batches offloaded (cache of %d tokens)\n", n, capacity);
+    r->ms_offloaded = forward_pass(m, ids, n_ids, len, batch, n, TRUE, cur, next);
+    stem_offload_stats(m->offload, &r->st);
+    g_free(cur);
+    g_free(next);
+}
+
 static int bench_offload(int argc, char **argv)
 {
     char *model = NULL;
     double fraction = 0.05, prose_mb = 2;
-    int chunk = 128;
+    int chunk = 128, run_batches = 0, batch = 8;
     gboolean json = FALSE, in_cache = FALSE;
     GOptionEntry entries[] = {
         { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model, "model file (tokenizer, vocabulary, table shapes)", "M" },
@@ -60,18 +127,25 @@ static int bench_offload(int argc, char **argv)
         { "chunk", 0, 0, G_OPTION_ARG_INT, &chunk, "tokens per chunk (default 128)", "N" },
         { "prose-mb", 0, 0, G_OPTION_ARG_DOUBLE, &prose_mb, "megabytes of corpus prose to stream (default 2; 0 = all)", "MB" },
         { "in-cache-lfu", 0, 0, G_OPTION_ARG_NONE, &in_cache, "forget a token's count when it is evicted (default: keep it)", NULL },
+        { "run", 0, 0, G_OPTION_ARG_INT, &run_batches, "also time N batches of real forward passes, on-device vs offloaded tables", "N" },
+        { "batch", 0, 0, G_OPTION_ARG_INT, &batch, "chunks per batch with --run (default 8)", "B" },
         { "json", 0, 0, G_OPTION_ARG_NONE, &json, "print JSON", NULL },
         { NULL }
     };
-    cli_parse("bench offload", "", "Simulate the offloaded-tables policy on the CPU: per chunk, dedup the token ids\n"
+    cli_parse_compute("bench offload", "", "Simulate the offloaded-tables policy on the CPU: per chunk, dedup the token ids\n"
               "and look the unique ones up in an LFU (LRU tie-break) cache of table rows. Prints the\n"
-              "hit rate, the dedup saving per chunk and the rows and bytes a device would receive.",
+              "hit rate, the dedup saving per chunk and the rows and bytes a device would receive.\n"
+              "With --run N, also times N batches of real forward passes on --device with the tables\n"
+              "resident vs offloaded through the real cache (prefetching the next batch), with the\n"
+              "store's hit rate, bytes moved and the copy/compute overlap achieved.",
               entries, &argc, &argv);
     if (argc > 1) cli_usage("bench offload", "unexpected argument '%s'", argv[1]);
     if (!model) cli_usage("bench offload", "--model is required");
     if (!(fraction > 0 && fraction <= 1)) cli_usage("bench offload", "--cache-fraction must be in (0, 1]");
     if (chunk < 1 || chunk > 1 << 20) cli_usage("bench offload", "--chunk must be between 1 and 1048576");
     if (!(prose_mb >= 0 && prose_mb <= 1e6)) cli_usage("bench offload", "--prose-mb must be 0 or more");
+    if (run_batches < 0 || run_batches > 100000) cli_usage("bench offload", "--run must be between 0 and 100000");
+    if (batch < 1 || batch > 4096) cli_usage("bench offload", "--batch must be between 1 and 4096");
 
     StemModel *m = cli_load_model(model);
     if (!m->tok) cli_fail("%s: the model has no tokenizer", model);
@@ -125,10 +199,34 @@ static int bench_offload(int argc, char **argv)
     guint64 rb = ro.row_bytes;
     guint64 bytes_no_cache = unique_total * rb, bytes_every = (guint64)n_ids * rb;
 
+    RunResult run = { 0 };
+    if (run_batches > 0) {
+        if (chunk > m->cfg.seq_len) cli_fail("--run: chunks of %d tokens exceed the model's context of %d", chunk, m->cfg.seq_len);
+        timed_runs(m, ids, n_ids, chunk, batch, run_batches, capacity, json, &run);
+    }
+
     if (json) {
         JsonBuilder *b = json_builder_new();
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "model"); json_builder_add_string_value(b, model);
+        if (run_batches > 0) {
+            json_builder_set_member_name(b, "run");
+            json_builder_begin_object(b);
+            cli_json_device(b, m);
+            add_int(b, "batches", run.batches);
+            add_int(b, "batch_positions", (gint64)batch * chunk);
+            add_double(b, "ms_per_batch_on_device", run.ms_on_device);
+            add_double(b, "ms_per_batch_offloaded", run.ms_offloaded);
+            add_double(b, "offloaded_over_on_device", run.ms_offloaded / run.ms_on_device);
+            add_double(b, "hit_rate", run.st.cache.lookups ? (double)run.st.cache.hits / run.st.cache.lookups : 0);
+            add_double(b, "dedup_saving", run.st.dedup_saving);
+            add_int(b, "bytes_moved", (gint64)run.st.cache.bytes_moved);
+            add_int(b, "device_slots", run.st.slots);
+            add_double(b, "copy_ms", run.st.copy_ms);
+            add_double(b, "stall_ms", run.st.stall_ms);
+            add_double(b, "overlap", run.st.overlap);
+            json_builder_end_object(b);
+        }
         json_builder_set_member_name(b, "policy");
         json_builder_add_string_value(b, in_cache ? "in-cache LFU, LRU tie-break" : "perfect LFU, LRU tie-break");
         add_int(b, "vocab", vocab);
@@ -181,6 +279,18 @@ static int bench_offload(int argc, char **argv)
         printf("               %zu (%s) moving every position's rows: cache moves %.1f%% of it\n", n_ids, h_all,
                100.0 * (double)st->rows_moved / (double)n_ids);
         printf("evictions      %" G_GUINT64_FORMAT "\n", st->evictions);
+        if (run_batches > 0) {
+            char *h = human_bytes((double)run.st.cache.bytes_moved);
+            printf("run on %s: %d batches of %d x %d positions\n", m->k->device_name, run.batches, batch, chunk);
+            printf("  on-device    %.2f ms per batch (all rows resident)\n", run.ms_on_device);
+            printf("  offloaded    %.2f ms per batch (%.3fx): hit rate %.2f%%, %s moved, %d device slots\n",
+                   run.ms_offloaded, run.ms_offloaded / run.ms_on_device,
+                   run.st.cache.lookups ? 100.0 * run.st.cache.hits / run.st.cache.lookups : 0, h, run.st.slots);
+            printf("  copies       %.1f ms copying, %.1f ms of compute stalled on them: overlap %.1f%%%s\n",
+                   run.st.copy_ms, run.st.stall_ms, 100 * run.st.overlap,
+                   m->k->is_host ? " (the CPU backend copies synchronously: no overlap by design)" : "");
+            g_free(h);
+        }
         g_free(h_moved); g_free(h_nc); g_free(h_all); g_free(h_row);
     }
     g_free(saving);

@@ -206,7 +206,7 @@ int cmd_train(int argc, char **argv)
         { "eval-every", 0, 0, G_OPTION_ARG_INT, &a.eval_every, "validation loss every N steps (0 = at the end)", "N" },
         { NULL }
     };
-    cli_parse("train", "", "Train a STEM model (or with --dense its dense baseline) on the bundled corpus:\n"
+    cli_parse_compute("train", "", "Train a STEM model (or with --dense its dense baseline) on the bundled corpus:\n"
               "country facts + public-domain prose. Progress on stderr; --json prints a summary.",
               entries, &argc, &argv);
     if (argc > 1) cli_usage("train", "unexpected argument '%s'", argv[1]);
@@ -265,6 +265,8 @@ int cmd_train(int argc, char **argv)
     if (!m) cli_fail("%s", e->message);
     m->tok = tok;
     stem_model_init_weights(m, to.seed);
+    cli_use_device(m);
+    if (!a.quiet && !m->k->is_host) fprintf(stderr, "training on %s\n", m->k->device_name);
     cli_progress_init(&ui.prog, a.quiet);
     StemTrainResult res;
     if (!stem_train(m, train_ids, n_train, val_ids, n_val, &to, on_step, &ui, &res, &e)) cli_fail("%s", e->message);
@@ -298,6 +300,7 @@ int cmd_train(int argc, char **argv)
         json_builder_begin_object(b);
         json_builder_set_member_name(b, "out"); json_builder_add_string_value(b, a.out);
         json_builder_set_member_name(b, "preset"); json_builder_add_string_value(b, p->name);
+        cli_json_device(b, m);
         char *sl = stem_config_layers_string(&c);
         json_builder_set_member_name(b, "stem_layers"); json_builder_add_string_value(b, sl);
         g_free(sl);

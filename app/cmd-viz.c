@@ -234,7 +234,7 @@ int cmd_geometry(int argc, char **argv)
         VIZ_ENTRIES(a),
         { NULL }
     };
-    cli_parse("geometry", "MODEL", "Pairwise cosine similarity of the up-projection vectors, per layer: STEM table\n"
+    cli_parse_compute("geometry", "MODEL", "Pairwise cosine similarity of the up-projection vectors, per layer: STEM table\n"
               "rows of the most frequent tokens, or for dense layers the outputs W3 x on corpus\n"
               "text (mean, median, P95, P99 of |cos| and a histogram; the paper's Fig. 6).\n"
               "--compare overlays a second model (STEM vs dense).", entries, &argc, &argv);
@@ -679,7 +679,7 @@ int cmd_lens(int argc, char **argv)
         VIZ_ENTRIES(a),
         { NULL }
     };
-    cli_parse("lens", "MODEL PROMPT", "Logit lens: the residual stream at the last position after every layer, put\n"
+    cli_parse_compute("lens", "MODEL PROMPT", "Logit lens: the residual stream at the last position after every layer, put\n"
               "through the final norm and the LM head: the top-k next tokens per layer.", entries, &argc, &argv);
     if (argc != 3) cli_usage("lens", "expected MODEL and PROMPT");
     if (k < 1 || k > 100) cli_usage("lens", "--k must be in 1..100");
@@ -1101,7 +1101,7 @@ int cmd_shift(int argc, char **argv)
     EditViewArgs ev;
     edit_view_init(&ev);
     GOptionEntry entries[] = { EDIT_VIEW_ENTRIES(ev), VIZ_ENTRIES(a), { NULL } };
-    cli_parse("shift", "MODEL PROMPT", "Top-k shift of an edit (paper Fig. 7): the next-token top-k on the original\n"
+    cli_parse_compute("shift", "MODEL PROMPT", "Top-k shift of an edit (paper Fig. 7): the next-token top-k on the original\n"
               "prompt, on the prompt with the target written in, and of the edited model on the\n"
               "original prompt; with the probability moved and KL divergences. The edit is\n"
               "planned and previewed in memory: nothing is written.", entries, &argc, &argv);
@@ -1200,7 +1200,7 @@ int cmd_localize(int argc, char **argv)
     EditViewArgs ev;
     edit_view_init(&ev);
     GOptionEntry entries[] = { EDIT_VIEW_ENTRIES(ev), VIZ_ENTRIES(a), { NULL } };
-    cli_parse("localize", "MODEL PROMPT", "Which layers carry the fact: the edit applied to one STEM layer at a time and\n"
+    cli_parse_compute("localize", "MODEL PROMPT", "Which layers carry the fact: the edit applied to one STEM layer at a time and\n"
               "cumulatively (layers up to L), and P(target's answer) / P(source's answer) on\n"
               "PROMPT for each. Previewed in memory: nothing is written.", entries, &argc, &argv);
     if (argc != 3) cli_usage("localize", "expected MODEL and PROMPT");
@@ -1298,7 +1298,7 @@ int cmd_report(int argc, char **argv)
         { "quiet", 'q', 0, G_OPTION_ARG_NONE, &quiet, "no progress on stderr", NULL },
         { NULL }
     };
-    cli_parse("report", "[ID]", "An edit report for patch set ID (or --all): provenance, recipe, tokens and\n"
+    cli_parse_compute("report", "[ID]", "An edit report for patch set ID (or --all): provenance, recipe, tokens and\n"
               "variants, rows per layer, warnings, the top-k shift, layer localization, the\n"
               "metrics with the relation sweep, sample generations before and after, and the\n"
               "commands to revert or re-apply. PDF (multi-page), Markdown or JSON.", entries, &argc, &argv);

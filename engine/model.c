@@ -1,6 +1,7 @@
 /* The transformer forward and backward pass (llm.c style: one parameter buffer,
  * one activation arena, ops as forward/backward pairs from kernels/cpu). */
 #include "model.h"
+#include "offload.h"
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
@@ -120,6 +121,7 @@ StemModel *stem_model_new(const StemConfig *cfg, GError **error)
     assign(a, &tmpl, &m->w, m->params);
     g_array_unref(a);
     make_tables(m);
+    m->k = stem_kernels_cpu();
     return m;
 }
 
@@ -130,20 +132,28 @@ StemModel *stem_model_new_unbound(const StemConfig *cfg)
     StemWeights tmpl;
     GArray *a = layout(cfg, &tmpl, &m->n_backbone, &m->n_params);
     g_array_unref(a);
+    /* the loader binds m->w; the compute views follow it at the first forward
+     * (bind_host_views) */
+    m->k = stem_kernels_cpu();
     return m;
 }
 
-static void acts_free(StemActs *a);
+static void acts_free(StemModel *m, StemActs *a);
+
+static void device_free(StemModel *m);
+static gboolean device_alloc_training(StemModel *m, GError **error);
 
 void stem_model_free(StemModel *m)
 {
     if (!m) return;
+    acts_free(m, m->acts);
+    m->acts = NULL;
+    device_free(m);
     stem_tables_free(m->tables);
     free(m->params);
     free(m->grads);
     free(m->adam_m);
     free(m->adam_v);
-    acts_free(m->acts);
     if (m->tok) stem_tokenizer_free(m->tok);
     if (m->owned) g_ptr_array_unref(m->owned);
     if (m->file && m->file_close) m->file_close(m->file);
@@ -242,22 +252,164 @@ gboolean stem_model_alloc_training(StemModel *m, GError **error)
     assign(a, &tmpl, &m->g, m->grads);
     g_array_unref(a);
     m->adam_t = 0;
-    return TRUE;
+    return device_alloc_training(m, error);
 }
 
 void stem_model_zero_grad(StemModel *m)
 {
-    if (m->grads) memset(m->grads, 0, m->n_params * sizeof(float));
+    if (!m->grads) return;
+    if (m->k->is_host) memset(m->grads, 0, m->n_params * sizeof(float));
+    else m->k->zero(m->dev_grads, m->n_dev_params * sizeof(float));
+}
+
+/* ------------------------------------------------------------------ backends */
+
+/* On a host backend the compute views are the host buffers themselves. */
+static void bind_host_views(StemModel *m)
+{
+    if (!m->k->is_host) return;
+    m->dev_params = m->params;
+    m->dev_grads = m->grads;
+    m->dev_adam_m = m->adam_m;
+    m->dev_adam_v = m->adam_v;
+    m->n_dev_params = m->n_params;
+    m->dw = m->w;
+    m->dg = m->g;
+}
+
+/* Are the STEM tables part of dev_params (and so trained with the backbone)? */
+static gboolean tables_on_device(const StemModel *m)
+{
+    return m->params && m->offload_capacity == 0 && m->n_dev_params == m->n_params;
+}
+
+static void device_free(StemModel *m)
+{
+    stem_offload_free(m->offload);
+    m->offload = NULL;
+    if (!m->k->is_host) {
+        m->k->free(m->dev_params);
+        m->k->free(m->dev_grads);
+        m->k->free(m->dev_adam_m);
+        m->k->free(m->dev_adam_v);
+    }
+    m->dev_params = m->dev_grads = m->dev_adam_m = m->dev_adam_v = NULL;
+    memset(&m->dw, 0, sizeof m->dw);
+    memset(&m->dg, 0, sizeof m->dg);
+}
+
+/* Device copies of the training state (gradients, AdamW moments), zeroed; the
+ * moments start from the host's (zero for a new run). */
+static gboolean device_alloc_training(StemModel *m, GError **error)
+{
+    if (m->k->is_host) {
+        bind_host_views(m);
+        return TRUE;
+    }
+    if (m->dev_grads) return TRUE;
+    const size_t bytes = m->n_dev_params * sizeof(float);
+    m->dev_grads = m->k->alloc(bytes);
+    m->dev_adam_m = m->k->alloc(bytes);
+    m->dev_adam_v = m->k->alloc(bytes);
+    if (!m->dev_grads || !m->dev_adam_m || !m->dev_adam_v) {
+        g_set_error(error, MODEL_ERROR, 1, "out of %s memory for training state (%zu MB)", m->k->name,
+                    3 * bytes >> 20);
+        return FALSE;
+    }
+    m->k->zero(m->dev_grads, bytes);
+    m->k->upload(m->dev_adam_m, m->adam_m, bytes);
+    m->k->upload(m->dev_adam_v, m->adam_v, bytes);
+    StemWeights tmpl;
+    size_t nb, nt;
+    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
+    assign(a, &tmpl, &m->dg, m->dev_grads);
+    g_array_unref(a);
+    if (!tables_on_device(m)) memset(m->dg.stem, 0, sizeof m->dg.stem);
+    return TRUE;
+}
+
+void stem_model_upload_params(StemModel *m)
+{
+    if (m->k->is_host || !m->dev_params) return;
+    /* tensor by tensor: a mapped model's weights are not one buffer */
+    GArray *t = stem_model_tensors(m);
+    StemWeights tmpl;
+    size_t nb, nt;
+    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
+    for (guint i = 0; i < t->len; i++) {
+        StemTensorRef *r = &g_array_index(t, StemTensorRef, i);
+        LayoutEntry *e = &g_array_index(a, LayoutEntry, i);
+        if (e->offset + e->numel > m->n_dev_params) continue;   /* a table kept on the host */
+        if (r->data) m->k->upload(m->dev_params + e->offset, r->data, e->numel * sizeof(float));
+    }
+    g_array_unref(a);
+    g_array_unref(t);
+    if (m->offload) stem_offload_invalidate_all(m->offload);
+}
+
+gboolean stem_model_set_device(StemModel *m, const StemKernels *k, int offload_capacity, GError **error)
+{
+    g_return_val_if_fail(k && k->abi == STEM_KERNELS_ABI, FALSE);
+    if (offload_capacity < 0) {
+        g_set_error(error, MODEL_ERROR, 3, "the offload cache capacity must be >= 0");
+        return FALSE;
+    }
+    gboolean training = m->grads != NULL;
+    if (!m->k->is_host) stem_model_sync_to_host(m);
+    acts_free(m, m->acts);
+    m->acts = NULL;
+    device_free(m);
+    m->k = k;
+    m->offload_capacity = MIN(offload_capacity, m->cfg.vocab);
+    if (k->is_host) {
+        bind_host_views(m);
+        return TRUE;
+    }
+    /* the tables come to the device only for a trainable model that keeps
+     * them with the weights; otherwise they are served by the row cache */
+    m->n_dev_params = (m->params && m->offload_capacity == 0) ? m->n_params : m->n_backbone;
+    m->dev_params = k->alloc(m->n_dev_params * sizeof(float));
+    if (!m->dev_params) {
+        g_set_error(error, MODEL_ERROR, 1, "out of %s memory for %zu parameters", k->name, m->n_dev_params);
+        m->k = stem_kernels_cpu();
+        bind_host_views(m);
+        return FALSE;
+    }
+    StemWeights tmpl;
+    size_t nb, nt;
+    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
+    assign(a, &tmpl, &m->dw, m->dev_params);
+    g_array_unref(a);
+    if (!tables_on_device(m)) memset(m->dw.stem, 0, sizeof m->dw.stem);
+    stem_model_upload_params(m);
+    if (training && !device_alloc_training(m, error)) return FALSE;
+    return TRUE;
+}
+
+void stem_model_sync_to_host(StemModel *m)
+{
+    if (m->k->is_host || !m->dev_params || !m->params) return;
+    m->k->download(m->params, m->dev_params, m->n_dev_params * sizeof(float));
+    if (m->dev_adam_m) {
+        m->k->download(m->adam_m, m->dev_adam_m, m->n_dev_params * sizeof(float));
+        m->k->download(m->adam_v, m->dev_adam_v, m->n_dev_params * sizeof(float));
+    }
 }
 
 /* ------------------------------------------------------------------ activations */
 
 struct StemActs {
     int B, T, last_only, has_targets;
+    int rows_mode;                /* how the last forward read STEM rows (ROWS_*) */
     size_t cap;                   /* floats allocated */
-    float *arena;
-    int32_t *ids, *targets;       /* [N] copies */
+    float *arena;                 /* backend memory */
+    int32_t *ids, *targets;       /* [N] host copies */
+    int32_t *dids, *dtargets;     /* [N] backend copies (alias ids/targets on a host backend) */
     size_t ids_cap;
+    /* host mirrors of device results, downloaded on first read after a forward */
+    float *h_logits, *h_res;      /* [rows, V], [(L+1), N, D] */
+    size_t h_logits_cap, h_res_cap;
+    gboolean h_logits_ok, h_res_ok;
     float *x_in[STEM_MAX_LAYERS]; /* [N, D] residual entering layer l */
     float *rstd1[STEM_MAX_LAYERS], *rstd2[STEM_MAX_LAYERS];   /* [N] */
     float *a[STEM_MAX_LAYERS];    /* [N, D] attention-normed input */
@@ -280,12 +432,25 @@ struct StemActs {
     float *dg, *du, *dm;          /* [N, F] */
 };
 
-static void acts_free(StemActs *a)
+/* Where the STEM FFN rows of a forward come from. */
+enum {
+    ROWS_PARAMS,    /* the tables in (dev_)params: trainable, no edit overlay */
+    ROWS_OFFLOAD,   /* the device row cache (engine/offload.h) */
+    ROWS_HOST,      /* the table store on the host (mapped tables, or an overlay) */
+};
+
+static void acts_free(StemModel *m, StemActs *a)
 {
     if (!a) return;
-    free(a->arena);
+    m->k->free(a->arena);
+    if (!m->k->is_host) {
+        m->k->free(a->dids);
+        m->k->free(a->dtargets);
+    }
     g_free(a->ids);
     g_free(a->targets);
+    g_free(a->h_logits);
+    g_free(a->h_res);
     g_free(a);
 }
 
@@ -335,13 +500,14 @@ static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int las
 
 static StemActs *acts_prepare(StemModel *m, int B, int T, int last_only)
 {
+    const StemKernels *k = m->k;
     StemActs *a = m->acts;
     if (!a) a = m->acts = g_new0(StemActs, 1);
     size_t need = acts_carve(a, &m->cfg, B, T, last_only, NULL);
     if (need > a->cap) {
-        free(a->arena);
-        a->arena = alloc_floats(need);
-        if (!a->arena) g_error("out of memory for activations (%zu MB)", need * 4 >> 20);
+        k->free(a->arena);
+        a->arena = k->alloc(need * sizeof(float));
+        if (!a->arena) g_error("out of %s memory for activations (%zu MB)", k->name, need * 4 >> 20);
         a->cap = need;
     }
     acts_carve(a, &m->cfg, B, T, last_only, a->arena);
@@ -349,89 +515,156 @@ static StemActs *acts_prepare(StemModel *m, int B, int T, int last_only)
     if (N > a->ids_cap) {
         a->ids = g_renew(int32_t, a->ids, N);
         a->targets = g_renew(int32_t, a->targets, N);
+        if (k->is_host) {
+            a->dids = a->ids;
+            a->dtargets = a->targets;
+        } else {
+            k->free(a->dids);
+            k->free(a->dtargets);
+            a->dids = k->alloc(N * sizeof(int32_t));
+            a->dtargets = k->alloc(N * sizeof(int32_t));
+            if (!a->dids || !a->dtargets) g_error("out of %s memory for token ids", k->name);
+        }
         a->ids_cap = N;
     }
     a->B = B;
     a->T = T;
     a->last_only = last_only;
+    a->h_logits_ok = a->h_res_ok = FALSE;
     return a;
 }
 
 /* ------------------------------------------------------------------ forward */
 
-/* STEM FFN rows: u[N, F] = U_j[ids]. Training models with no edit overlay read
- * the fp32 parameter buffer directly (parallel copy); everything else goes
- * through the table store so edits are seen. */
-static void gather_rows(StemModel *m, int j, const int32_t *ids, int N, float *u)
+static int rows_mode(const StemModel *m)
 {
-    if (m->params && stem_tables_n_overrides(m->tables) == 0)
-        op_embedding_forward(u, m->w.stem[j], ids, N, m->cfg.ffn_dim);
-    else
-        stem_tables_gather(m->tables, j, ids, N, u);
+    if (m->offload_capacity > 0) return ROWS_OFFLOAD;
+    gboolean overlay = stem_tables_n_overrides(m->tables) > 0;
+    if (m->k->is_host) return m->params && !overlay ? ROWS_PARAMS : ROWS_HOST;
+    return tables_on_device(m) && !overlay ? ROWS_PARAMS : ROWS_OFFLOAD;
+}
+
+/* The row cache for chunks of up to N positions (re-created for a larger N). */
+static StemOffload *offload_for(StemModel *m, int N)
+{
+    if (m->offload && stem_offload_max_positions(m->offload) >= N) return m->offload;
+    stem_offload_free(m->offload);
+    int cap = m->offload_capacity > 0 ? m->offload_capacity : m->cfg.vocab;
+    GError *e = NULL;
+    m->offload = stem_offload_new(m->tables, m->k, cap, MAX(N, m->cfg.seq_len), &e);
+    if (!m->offload) g_error("offloaded tables: %s", e->message);
+    return m->offload;
 }
 
 float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *targets, int B, int T,
                          gboolean last_only)
 {
     const StemConfig *c = &m->cfg;
+    const StemKernels *K = m->k;
     const int D = c->dim, F = c->ffn_dim, V = c->vocab, H = c->n_heads, KV = c->n_kv_heads;
     const int hd = D / H, N = B * T;
     g_return_val_if_fail(T >= 1 && T <= c->seq_len && B >= 1, NAN);
+    bind_host_views(m);
     StemActs *a = acts_prepare(m, B, T, last_only && !targets);
+    const StemWeights *W = &m->dw;
     memcpy(a->ids, ids, sizeof(int32_t) * (size_t)N);
     a->has_targets = targets != NULL;
     if (targets) memcpy(a->targets, targets, sizeof(int32_t) * (size_t)N);
-
-    op_embedding_forward(a->x_in[0], m->w.tok_emb, a->ids, N, D);
-    for (int l = 0; l < c->n_layers; l++) {
-        const StemLayerWeights *L = &m->w.layer[l];
-        float *x = a->x_in[l];
-        op_rmsnorm_forward(a->a[l], a->rstd1[l], x, L->attn_norm, N, D, c->norm_eps);
-        op_matmul_forward(a->q[l], a->a[l], L->wq, N, D, H * hd, 0);
-        op_matmul_forward(a->k[l], a->a[l], L->wk, N, D, KV * hd, 0);
-        op_matmul_forward(a->v[l], a->a[l], L->wv, N, D, KV * hd, 0);
-        op_rope_forward(a->q[l], B, T, H, hd, c->rope_theta);
-        op_rope_forward(a->k[l], B, T, KV, hd, c->rope_theta);
-        op_attention_forward(a->o[l], a->att[l], a->q[l], a->k[l], a->v[l], B, T, H, KV, hd);
-        memcpy(a->h_mid[l], x, sizeof(float) * (size_t)N * D);
-        op_matmul_forward(a->h_mid[l], a->o[l], L->wo, N, H * hd, D, 1);
-
-        op_rmsnorm_forward(a->f[l], a->rstd2[l], a->h_mid[l], L->ffn_norm, N, D, c->norm_eps);
-        op_matmul_forward(a->g[l], a->f[l], L->w1, N, D, F, 0);
-        int j = stem_config_stem_index(c, l);
-        if (j >= 0) gather_rows(m, j, a->ids, N, a->u[l]);
-        else op_matmul_forward(a->u[l], a->f[l], L->w3, N, D, F, 0);
-        op_swiglu_forward(a->mm[l], a->g[l], a->u[l], (size_t)N * F);
-        float *next = l + 1 < c->n_layers ? a->x_in[l + 1] : a->h_out;
-        memcpy(next, a->h_mid[l], sizeof(float) * (size_t)N * D);
-        op_matmul_forward(next, a->mm[l], L->w2, N, F, D, 1);
+    if (!K->is_host) {
+        K->upload(a->dids, a->ids, sizeof(int32_t) * (size_t)N);
+        if (targets) K->upload(a->dtargets, a->targets, sizeof(int32_t) * (size_t)N);
     }
-    op_rmsnorm_forward(a->nf, a->rstd_f, a->h_out, m->w.norm, N, D, c->norm_eps);
+    a->rows_mode = stem_config_n_stem(c) > 0 ? rows_mode(m) : ROWS_PARAMS;
+    if (a->rows_mode == ROWS_OFFLOAD) {
+        GError *e = NULL;
+        if (!stem_offload_begin(offload_for(m, N), a->ids, N, &e)) {
+            g_critical("offloaded tables: %s", e->message);
+            g_error_free(e);
+            return NAN;
+        }
+    }
+
+    K->embedding_forward(a->x_in[0], W->tok_emb, a->dids, N, D);
+    for (int l = 0; l < c->n_layers; l++) {
+        const StemLayerWeights *L = &W->layer[l];
+        float *x = a->x_in[l];
+        K->rmsnorm_forward(a->a[l], a->rstd1[l], x, L->attn_norm, N, D, c->norm_eps);
+        K->matmul_forward(a->q[l], a->a[l], L->wq, N, D, H * hd, 0);
+        K->matmul_forward(a->k[l], a->a[l], L->wk, N, D, KV * hd, 0);
+        K->matmul_forward(a->v[l], a->a[l], L->wv, N, D, KV * hd, 0);
+        K->rope_forward(a->q[l], B, T, H, hd, c->rope_theta);
+        K->rope_forward(a->k[l], B, T, KV, hd, c->rope_theta);
+        K->attention_forward(a->o[l], a->att[l], a->q[l], a->k[l], a->v[l], B, T, H, KV, hd);
+        K->copy(a->h_mid[l], x, sizeof(float) * (size_t)N * D);
+        K->matmul_forward(a->h_mid[l], a->o[l], L->wo, N, H * hd, D, 1);
+
+        K->rmsnorm_forward(a->f[l], a->rstd2[l], a->h_mid[l], L->ffn_norm, N, D, c->norm_eps);
+        K->matmul_forward(a->g[l], a->f[l], L->w1, N, D, F, 0);
+        int j = stem_config_stem_index(c, l);
+        if (j < 0) K->matmul_forward(a->u[l], a->f[l], L->w3, N, D, F, 0);
+        else if (a->rows_mode == ROWS_PARAMS) K->embedding_forward(a->u[l], W->stem[j], a->dids, N, F);
+        else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_rows(m->offload, j, a->u[l]);
+        else stem_tables_gather(m->tables, j, a->ids, N, a->u[l]);   /* host backend only */
+        K->swiglu_forward(a->mm[l], a->g[l], a->u[l], (size_t)N * F);
+        float *next = l + 1 < c->n_layers ? a->x_in[l + 1] : a->h_out;
+        K->copy(next, a->h_mid[l], sizeof(float) * (size_t)N * D);
+        K->matmul_forward(next, a->mm[l], L->w2, N, F, D, 1);
+    }
+    K->rmsnorm_forward(a->nf, a->rstd_f, a->h_out, W->norm, N, D, c->norm_eps);
     if (a->last_only) {
         for (int b = 0; b < B; b++)
-            memcpy(a->last + (size_t)b * D, a->nf + ((size_t)b * T + T - 1) * D, sizeof(float) * D);
-        op_matmul_forward(a->logits, a->last, m->w.output, B, D, V, 0);
+            K->copy(a->last + (size_t)b * D, a->nf + ((size_t)b * T + T - 1) * D, sizeof(float) * D);
+        K->matmul_forward(a->logits, a->last, W->output, B, D, V, 0);
         return 0.0f;
     }
-    op_matmul_forward(a->logits, a->nf, m->w.output, N, D, V, 0);
+    K->matmul_forward(a->logits, a->nf, W->output, N, D, V, 0);
     if (!targets) return 0.0f;
     /* softmax in place: backward reads the probabilities */
-    return op_crossentropy_forward(a->logits, a->logits, a->targets, N, V);
+    return K->crossentropy_forward(a->logits, a->logits, a->dtargets, N, V);
 }
 
 const float *stem_model_logits(const StemModel *m, int b, int t)
 {
-    const StemActs *a = m->acts;
+    StemActs *a = m->acts;
     if (!a || b < 0 || b >= a->B || t < 0 || t >= a->T) return NULL;
-    if (a->last_only) return t == a->T - 1 ? a->logits + (size_t)b * m->cfg.vocab : NULL;
-    return a->logits + ((size_t)b * a->T + t) * m->cfg.vocab;
+    if (a->last_only && t != a->T - 1) return NULL;
+    const float *base = a->logits;
+    if (!m->k->is_host) {
+        size_t n = (a->last_only ? (size_t)a->B : (size_t)a->B * a->T) * m->cfg.vocab;
+        if (!a->h_logits_ok) {
+            if (n > a->h_logits_cap) {
+                a->h_logits = g_renew(float, a->h_logits, n);
+                a->h_logits_cap = n;
+            }
+            m->k->download(a->h_logits, a->logits, n * sizeof(float));
+            a->h_logits_ok = TRUE;
+        }
+        base = a->h_logits;
+    }
+    if (a->last_only) return base + (size_t)b * m->cfg.vocab;
+    return base + ((size_t)b * a->T + t) * m->cfg.vocab;
 }
 
 const float *stem_model_residual(const StemModel *m, int l, int b, int t)
 {
-    const StemActs *a = m->acts;
+    StemActs *a = m->acts;
     if (!a || b < 0 || b >= a->B || t < 0 || t >= a->T || l < -1 || l >= m->cfg.n_layers) return NULL;
     const float *base = l + 1 < m->cfg.n_layers ? a->x_in[l + 1] : a->h_out;
+    const size_t ND = (size_t)a->B * a->T * m->cfg.dim;
+    if (!m->k->is_host) {
+        /* every layer's residual at once: the logit lens reads them all */
+        const int L = m->cfg.n_layers;
+        if (!a->h_res_ok) {
+            if ((size_t)(L + 1) * ND > a->h_res_cap) {
+                a->h_res = g_renew(float, a->h_res, (size_t)(L + 1) * ND);
+                a->h_res_cap = (size_t)(L + 1) * ND;
+            }
+            for (int i = 0; i <= L; i++)
+                m->k->download(a->h_res + (size_t)i * ND, i < L ? a->x_in[i] : a->h_out, ND * sizeof(float));
+            a->h_res_ok = TRUE;
+        }
+        base = a->h_res + (size_t)(l + 1) * ND;
+    }
     return base + ((size_t)b * a->T + t) * m->cfg.dim;
 }
 
@@ -440,46 +673,51 @@ const float *stem_model_residual(const StemModel *m, int l, int b, int t)
 void stem_model_backward(StemModel *m)
 {
     const StemConfig *c = &m->cfg;
+    const StemKernels *K = m->k;
     StemActs *a = m->acts;
     g_return_if_fail(a && a->has_targets && !a->last_only && m->grads);
     const int B = a->B, T = a->T, N = B * T;
     const int D = c->dim, F = c->ffn_dim, V = c->vocab, H = c->n_heads, KV = c->n_kv_heads, hd = D / H;
     const size_t ND = (size_t)N * D;
+    const StemWeights *W = &m->dw;
+    StemWeights *Gw = &m->dg;
 
     /* logits hold probabilities; turn them into dlogits in place */
-    op_crossentropy_backward(a->logits, a->logits, a->targets, N, V);
-    memset(a->dtmp, 0, sizeof(float) * ND);
-    op_matmul_backward(a->dtmp, m->g.output, a->logits, a->nf, m->w.output, N, D, V);
-    memset(a->dres, 0, sizeof(float) * ND);
-    op_rmsnorm_backward(a->dres, m->g.norm, a->dtmp, a->h_out, m->w.norm, a->rstd_f, N, D);
+    K->crossentropy_backward(a->logits, a->logits, a->dtargets, N, V);
+    K->zero(a->dtmp, sizeof(float) * ND);
+    K->matmul_backward(a->dtmp, Gw->output, a->logits, a->nf, W->output, N, D, V);
+    K->zero(a->dres, sizeof(float) * ND);
+    K->rmsnorm_backward(a->dres, Gw->norm, a->dtmp, a->h_out, W->norm, a->rstd_f, N, D);
 
     for (int l = c->n_layers - 1; l >= 0; l--) {
-        const StemLayerWeights *L = &m->w.layer[l];
-        StemLayerWeights *G = &m->g.layer[l];
+        const StemLayerWeights *L = &W->layer[l];
+        StemLayerWeights *G = &Gw->layer[l];
         /* FFN block: out = h_mid + W2 (silu(W1 f) * u); dres is d(out) and flows to h_mid */
-        memset(a->dm, 0, sizeof(float) * (size_t)N * F);
-        op_matmul_backward(a->dm, G->w2, a->dres, a->mm[l], L->w2, N, F, D);
-        op_swiglu_backward(a->dg, a->du, a->dm, a->g[l], a->u[l], (size_t)N * F);
-        memset(a->dtmp, 0, sizeof(float) * ND);
+        K->zero(a->dm, sizeof(float) * (size_t)N * F);
+        K->matmul_backward(a->dm, G->w2, a->dres, a->mm[l], L->w2, N, F, D);
+        K->swiglu_backward(a->dg, a->du, a->dm, a->g[l], a->u[l], (size_t)N * F);
+        K->zero(a->dtmp, sizeof(float) * ND);
         int j = stem_config_stem_index(c, l);
-        if (j >= 0) op_embedding_backward(m->g.stem[j], a->du, a->ids, N, F);
-        else op_matmul_backward(a->dtmp, G->w3, a->du, a->f[l], L->w3, N, D, F);
-        op_matmul_backward(a->dtmp, G->w1, a->dg, a->f[l], L->w1, N, D, F);
-        op_rmsnorm_backward(a->dres, G->ffn_norm, a->dtmp, a->h_mid[l], L->ffn_norm, a->rstd2[l], N, D);
+        if (j < 0) K->matmul_backward(a->dtmp, G->w3, a->du, a->f[l], L->w3, N, D, F);
+        else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_accumulate_grad(m->offload, j, a->du);
+        else if (a->rows_mode == ROWS_PARAMS) K->embedding_backward(Gw->stem[j], a->du, a->dids, N, F);
+        else op_embedding_backward(m->g.stem[j], a->du, a->ids, N, F);   /* host backend only */
+        K->matmul_backward(a->dtmp, G->w1, a->dg, a->f[l], L->w1, N, D, F);
+        K->rmsnorm_backward(a->dres, G->ffn_norm, a->dtmp, a->h_mid[l], L->ffn_norm, a->rstd2[l], N, D);
 
         /* attention block: h_mid = x + Wo attn(q, k, v) */
-        memset(a->dO, 0, sizeof(float) * (size_t)N * H * hd);
-        op_matmul_backward(a->dO, G->wo, a->dres, a->o[l], L->wo, N, H * hd, D);
-        op_attention_backward(a->dq, a->dk, a->dv, a->datt, a->dO, a->att[l], a->q[l], a->k[l], a->v[l],
+        K->zero(a->dO, sizeof(float) * (size_t)N * H * hd);
+        K->matmul_backward(a->dO, G->wo, a->dres, a->o[l], L->wo, N, H * hd, D);
+        K->attention_backward(a->dq, a->dk, a->dv, a->datt, a->dO, a->att[l], a->q[l], a->k[l], a->v[l],
                               B, T, H, KV, hd);
-        op_rope_backward(a->dq, B, T, H, hd, c->rope_theta);
-        op_rope_backward(a->dk, B, T, KV, hd, c->rope_theta);
-        memset(a->dtmp, 0, sizeof(float) * ND);
-        op_matmul_backward(a->dtmp, G->wq, a->dq, a->a[l], L->wq, N, D, H * hd);
-        op_matmul_backward(a->dtmp, G->wk, a->dk, a->a[l], L->wk, N, D, KV * hd);
-        op_matmul_backward(a->dtmp, G->wv, a->dv, a->a[l], L->wv, N, D, KV * hd);
-        op_rmsnorm_backward(a->dres, G->attn_norm, a->dtmp, a->x_in[l], L->attn_norm, a->rstd1[l], N, D);
+        K->rope_backward(a->dq, B, T, H, hd, c->rope_theta);
+        K->rope_backward(a->dk, B, T, KV, hd, c->rope_theta);
+        K->zero(a->dtmp, sizeof(float) * ND);
+        K->matmul_backward(a->dtmp, G->wq, a->dq, a->a[l], L->wq, N, D, H * hd);
+        K->matmul_backward(a->dtmp, G->wk, a->dk, a->a[l], L->wk, N, D, KV * hd);
+        K->matmul_backward(a->dtmp, G->wv, a->dv, a->a[l], L->wv, N, D, KV * hd);
+        K->rmsnorm_backward(a->dres, G->attn_norm, a->dtmp, a->x_in[l], L->attn_norm, a->rstd1[l], N, D);
     }
-    op_embedding_backward(m->g.tok_emb, a->dres, a->ids, N, D);
+    K->embedding_backward(Gw->tok_emb, a->dres, a->dids, N, D);
     a->has_targets = FALSE;   /* probabilities were consumed */
 }

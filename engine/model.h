@@ -18,6 +18,7 @@
 #include <glib.h>
 #include <stdint.h>
 #include "config.h"
+#include "kernels/kernels.h"
 #include "tables.h"
 #include "tokenizer.h"
 
@@ -42,6 +43,7 @@ typedef struct {
 } StemWeights;
 
 typedef struct StemActs StemActs;             /* private to model.c */
+struct StemOffload;
 
 typedef struct StemModel {
     StemConfig cfg;
@@ -56,6 +58,21 @@ typedef struct StemModel {
     float *grads, *adam_m, *adam_v;
     StemWeights g;
     int adam_t;
+
+    /* Compute backend (kernels/kernels.h): the CPU unless stem_model_set_device
+     * chose another. The forward/backward pass and the optimizer work on the
+     * dev_* buffers and dw/dg views. On a host backend they alias the host ones
+     * (params, grads, adam_*, w, g); on a device they are the device copies, and
+     * the host ones are brought up to date by stem_model_sync_to_host. */
+    const StemKernels *k;
+    float *dev_params, *dev_grads, *dev_adam_m, *dev_adam_v;
+    size_t n_dev_params;         /* n_params, or n_backbone when the tables are not on the device */
+    StemWeights dw, dg;
+    /* STEM rows through the device row cache (engine/offload.h): used when
+     * offload_capacity > 0, and on a device for models whose tables are not in
+     * dev_params (mapped models, or an edit overlay is set). Created on first use. */
+    struct StemOffload *offload;
+    int offload_capacity;        /* cache tokens; 0 = tables with the weights */
 
     StemActs *acts;
     void *file;                  /* StFile* when loaded from disk, closed with file_close */
@@ -96,6 +113,20 @@ void stem_model_backward(StemModel *m);
 /* Residual stream after layer l (l = -1: the embeddings) at sequence b, position t
  * of the last forward ([D]); for the logit lens. */
 const float *stem_model_residual(const StemModel *m, int l, int b, int t);
+
+/* Move the model's computation to backend k (stem_kernels_cpu() or a device
+ * from engine/device.h). offload_capacity > 0 serves the STEM tables from host
+ * memory through a device cache of that many tokens (offloaded tables; training
+ * then uses lazy AdamW on the rows, see engine/offload.h); 0 keeps them with
+ * the weights (on a device: uploaded when the model is trainable, else served
+ * through a cache holding the whole vocabulary). Uploads the weights; drops any
+ * activations. Training state, if any, is re-created on the device. */
+gboolean stem_model_set_device(StemModel *m, const StemKernels *k, int offload_capacity, GError **error);
+/* Copy the device's parameters back into the host buffers (after training on a
+ * device; a no-op on a host backend). */
+void stem_model_sync_to_host(StemModel *m);
+/* Copy host parameters to the device after host code changed them. */
+void stem_model_upload_params(StemModel *m);
 
 /* Name, pointer and shape of every tensor in file order (for I/O and tests). */
 typedef struct {

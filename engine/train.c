@@ -1,6 +1,7 @@
 /* Optimizer step (AdamW, two groups, separate clipping), LR schedule, and the
  * training loop over token streams. */
 #include "train.h"
+#include "offload.h"
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
@@ -34,17 +35,40 @@ static float clip_scale(double norm, float clip)
 void stem_model_step(StemModel *m, const StemOptim *o, float lr_scale, float *norm_backbone,
                      float *norm_tables)
 {
+    /* The step runs where the parameters are (the backend's dev_* buffers:
+     * the host buffers themselves on the CPU). Offloaded tables take their
+     * step on the host, row by row, in the offload store (lazy AdamW). */
+    const StemKernels *k = m->k;
     const size_t nb = m->n_backbone, nt = m->n_params - m->n_backbone;
-    double gb = sqrt(op_sumsq(m->grads, nb));
-    double gt = nt ? sqrt(op_sumsq(m->grads + nb, nt)) : 0.0;
+    const gboolean offloaded = m->offload_capacity > 0 && m->offload && nt;
+    const gboolean dev_tables = !offloaded && m->n_dev_params == m->n_params;
+    double gb = sqrt(k->sumsq(m->dev_grads, nb));
+    double gt = 0.0;
+    if (offloaded) gt = sqrt(stem_offload_grad_sumsq(m->offload));
+    else if (nt) gt = dev_tables ? sqrt(k->sumsq(m->dev_grads + nb, nt)) : sqrt(op_sumsq(m->grads + nb, nt));
     if (norm_backbone) *norm_backbone = (float)gb;
     if (norm_tables) *norm_tables = (float)gt;
     m->adam_t++;
-    op_adamw(m->params, m->grads, m->adam_m, m->adam_v, nb, o->lr * lr_scale, o->beta1, o->beta2, o->eps,
-             o->wd, m->adam_t, clip_scale(gb, o->clip));
-    if (nt)
-        op_adamw(m->params + nb, m->grads + nb, m->adam_m + nb, m->adam_v + nb, nt, o->table_lr * lr_scale,
-                 o->beta1, o->beta2, o->eps, o->table_wd, m->adam_t, clip_scale(gt, o->table_clip));
+    k->adamw(m->dev_params, m->dev_grads, m->dev_adam_m, m->dev_adam_v, nb, o->lr * lr_scale, o->beta1, o->beta2,
+             o->eps, o->wd, m->adam_t, clip_scale(gb, o->clip));
+    if (!nt) return;
+    const float tlr = o->table_lr * lr_scale, tscale = clip_scale(gt, o->table_clip);
+    if (offloaded) {
+        float *p[STEM_MAX_LAYERS], *am[STEM_MAX_LAYERS], *av[STEM_MAX_LAYERS];
+        const size_t VF = (size_t)m->cfg.vocab * m->cfg.ffn_dim;
+        for (int j = 0; j < stem_config_n_stem(&m->cfg); j++) {
+            p[j] = m->w.stem[j];
+            am[j] = m->adam_m + nb + j * VF;
+            av[j] = m->adam_v + nb + j * VF;
+        }
+        stem_offload_step(m->offload, p, am, av, tlr, o->beta1, o->beta2, o->eps, o->table_wd, m->adam_t, tscale);
+    } else if (dev_tables) {
+        k->adamw(m->dev_params + nb, m->dev_grads + nb, m->dev_adam_m + nb, m->dev_adam_v + nb, nt, tlr,
+                 o->beta1, o->beta2, o->eps, o->table_wd, m->adam_t, tscale);
+    } else {
+        op_adamw(m->params + nb, m->grads + nb, m->adam_m + nb, m->adam_v + nb, nt, tlr, o->beta1, o->beta2,
+                 o->eps, o->table_wd, m->adam_t, tscale);
+    }
 }
 
 float stem_lr_schedule(int step, int total, int warmup, float min_ratio)
@@ -121,6 +145,11 @@ gboolean stem_train(StemModel *m, const int32_t *train_ids, size_t n_train, cons
         g_set_error(error, TRAIN_ERROR, 2, "training text too short: %zu tokens for windows of %d", n_train, T + 1);
         return FALSE;
     }
+    if (m->offload_capacity > 0 && opt->accum > 1) {
+        /* the offload store holds the row gradients of one chunk at a time */
+        g_set_error(error, TRAIN_ERROR, 4, "offloaded tables train one micro-batch per step: use --accum 1");
+        return FALSE;
+    }
     if (!stem_model_alloc_training(m, error)) return FALSE;
     pool_init(opt->threads);
 
@@ -141,7 +170,7 @@ gboolean stem_train(StemModel *m, const int32_t *train_ids, size_t n_train, cons
             stem_model_backward(m);
         }
         /* micro-batch losses are means: average the gradients too */
-        if (accum > 1) op_scale(m->grads, m->n_params, 1.0f / (float)accum);
+        if (accum > 1) m->k->scale(m->dev_grads, m->n_dev_params, 1.0f / (float)accum);
         loss = (float)(lsum / accum);
         float lrs = stem_lr_schedule(step, opt->steps, warmup, opt->min_lr_ratio);
         stem_model_step(m, &opt->optim, lrs, NULL, NULL);
@@ -167,7 +196,9 @@ gboolean stem_train(StemModel *m, const int32_t *train_ids, size_t n_train, cons
         }
         res->steps_done = step + 1;
     }
+    m->k->synchronize();
     res->elapsed_s = (g_get_monotonic_time() - t0) / 1e6;
+    stem_model_sync_to_host(m);   /* the caller saves the host buffers */
     res->tokens_per_s = (double)res->steps_done * accum * B * T / res->elapsed_s;
     res->final_loss = loss;
     if (val_ids && !res->cancelled) {

@@ -271,8 +271,8 @@ def test_topk(model, vocab):
     t, raw = topk_json(model, prompt, "--k", "7")
     if not check(t is not None, "topk --json exits 0 with JSON", raw):
         return
-    check(isinstance(t, dict) and set(t.keys()) == {"prompt", "ids", "tokens", "topk"},
-          "topk JSON has exactly prompt, ids, tokens, topk", raw[:800])
+    check(isinstance(t, dict) and set(t.keys()) == {"prompt", "device", "ids", "tokens", "topk"},
+          "topk JSON has exactly prompt, device, ids, tokens, topk", raw[:800])
     check(t.get("prompt") == prompt, "topk prompt echoed", t.get("prompt"))
     ids, toks, top = t.get("ids"), t.get("tokens"), t.get("topk")
     check(isinstance(ids, list) and ids and all(is_int(i) and 0 <= i < vocab for i in ids),
@@ -326,6 +326,20 @@ def test_topk(model, vocab):
     tc, rawc = topk_json(model, pc, "--k", "2")
     check(tc is not None and tc.get("prompt") == pc,
           "topk --json with control characters in the prompt prints valid JSON", rawc[:300])
+    # compute options: offloaded tables through a tiny row cache give the same
+    # distribution bit for bit on the CPU (the same ops on the same rows)
+    toff, rawoff = topk_json(model, prompt, "--k", "7", "--device", "cpu", "--offload", "0.02")
+    if check(toff is not None, "topk --device cpu --offload 0.02 exits 0", rawoff):
+        check(toff["topk"] == t["topk"], "topk with offloaded tables == resident tables", (toff["topk"], t["topk"]))
+        check(toff.get("device") == "CPU" and is_int(toff.get("offload_capacity")) and toff["offload_capacity"] >= 1,
+              "topk --offload JSON names the device and the cache capacity", rawoff[:400])
+    expect_error("topk --device bogus", ["topk", model, prompt, "--device", "bogus"], 2)
+    expect_error("topk --offload 1.5", ["topk", model, prompt, "--offload", "1.5"], 2)
+    expect_error("topk --math fp8", ["topk", model, prompt, "--math", "fp8"], 2)
+    rc, out, err = run("topk", model, prompt, "--device", "auto", "--json")
+    if rc == 0 and json.loads(out).get("device") == "CPU":
+        # no usable GPU here: --device cuda must say why, in one line, exit 1
+        expect_error("topk --device cuda without a GPU", ["topk", model, prompt, "--device", "cuda"], 1)
     # text output
     rc, out, err = run("topk", model, prompt, "--k", "3")
     check(rc == 0 and len(out.strip().splitlines()) == 3, "topk text output: k lines", fmt(["topk"], rc, out, err))
