@@ -1,0 +1,131 @@
+/* RMSNorm and RoPE (semantics: kernels/cpu/ops.c; the float expressions are
+ * written in the same order as there so the two backends round alike). */
+#include "cuda_internal.h"
+
+/* ------------------------------------------------------------------ rmsnorm */
+
+#define ROW_THREADS 256   /* one block per row; D = 64 .. 8192 in practice */
+
+/* y[N,D] = x * rstd * g, rstd[N] = 1 / sqrt(mean(x^2) + eps). grid = N rows. */
+__global__ void rmsnorm_fwd_k(float *y, float *rstd, const float *x, const float *g, int D, float eps)
+{
+    __shared__ float red[32];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * (size_t)D;
+    float *yr = y + row * (size_t)D;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) ss += xr[j] * xr[j];
+    ss = block_sum(ss, red);
+    const float r = 1.0f / sqrtf(ss / (float)D + eps);
+    if (threadIdx.x == 0) rstd[row] = r;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) yr[j] = xr[j] * r * g[j];
+}
+
+void cu_rmsnorm_forward(float *y, float *rstd, const float *x, const float *g, int N, int D, float eps)
+{
+    if (N <= 0) return;
+    rmsnorm_fwd_k<<<N, ROW_THREADS, 0, g_cu.compute>>>(y, rstd, x, g, D, eps);
+    LAUNCH_CHECK();
+}
+
+/* dx[N,D] += dy g r - x (sum_j dy_j g_j x_j) r^3 / D. grid = N rows. */
+__global__ void rmsnorm_bwd_dx_k(float *dx, const float *dy, const float *x, const float *g, const float *rstd, int D)
+{
+    __shared__ float red[32];
+    const size_t row = blockIdx.x;
+    const float *xr = x + row * (size_t)D, *dyr = dy + row * (size_t)D;
+    float *dxr = dx + row * (size_t)D;
+    const float r = rstd[row];
+    float dot = 0.0f;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) dot += dyr[j] * g[j] * xr[j];
+    dot = block_sum(dot, red);
+    const float k = dot * r * r * r / (float)D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) dxr[j] += dyr[j] * g[j] * r - xr[j] * k;
+}
+
+/* dg[D] += sum_i dy[i,j] x[i,j] rstd[i]: a column sum. Block (32, 8): x = 32
+ * adjacent columns (coalesced rows), y = 8 row lanes over the block's slice of
+ * rows; the 8 partials are added in shared memory and the block's total goes
+ * to dg with one atomicAdd per column (slices of rows run in parallel). */
+#define DG_COLS 32
+#define DG_LANES 8
+__global__ void rmsnorm_bwd_dg_k(float *dg, const float *dy, const float *x, const float *rstd, int N, int D,
+                                 int rows_per_block)
+{
+    __shared__ float part[DG_LANES][DG_COLS + 1];
+    const int j = blockIdx.x * DG_COLS + threadIdx.x;
+    const int i0 = blockIdx.y * rows_per_block;
+    const int i1 = min(N, i0 + rows_per_block);
+    float s = 0.0f;
+    if (j < D)
+        for (int i = i0 + threadIdx.y; i < i1; i += DG_LANES)
+            s += dy[(size_t)i * D + j] * x[(size_t)i * D + j] * rstd[i];
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < D) {
+        float t = 0.0f;
+        for (int l = 0; l < DG_LANES; l++) t += part[l][threadIdx.x];
+        atomicAdd(&dg[j], t);
+    }
+}
+
+void cu_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, const float *g,
+                         const float *rstd, int N, int D)
+{
+    if (N <= 0 || D <= 0) return;
+    rmsnorm_bwd_dx_k<<<N, ROW_THREADS, 0, g_cu.compute>>>(dx, dy, x, g, rstd, D);
+    LAUNCH_CHECK();
+    if (!dg) return;
+    /* about 64 rows per block, fewer blocks than grid.y's limit */
+    int gy = (N + 63) / 64;
+    if (gy > 65535) gy = 65535;
+    const int rows_per_block = (N + gy - 1) / gy;
+    gy = (N + rows_per_block - 1) / rows_per_block;
+    dim3 grid((D + DG_COLS - 1) / DG_COLS, gy), block(DG_COLS, DG_LANES);
+    rmsnorm_bwd_dg_k<<<grid, block, 0, g_cu.compute>>>(dg, dy, x, rstd, N, D, rows_per_block);
+    LAUNCH_CHECK();
+}
+
+/* ------------------------------------------------------------------ rope */
+
+/* x[B*T, nh*hd] in place: one thread per (row, head, pair i). Pair (2i, 2i+1)
+ * of row r turns by angle (r % T) * theta^(-2i/hd), sign -1 for the inverse.
+ * The angle is computed in float exactly as on the CPU (Lingua's
+ * precompute_freqs_cis), then cosf/sinf (full precision: no fast math). */
+__global__ void rope_k(float *x, size_t n_pairs, int T, int nh, int hd, float theta, float sign)
+{
+    const int half = hd / 2;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n_pairs;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(e % (size_t)half);
+        const size_t rh = e / (size_t)half;          /* row * nh + head */
+        const int h = (int)(rh % (size_t)nh);
+        const size_t r = rh / (size_t)nh;
+        const int t = (int)(r % (size_t)T);
+        const float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+        const float ang = (float)t * freq;
+        const float co = cosf(ang), si = sign * sinf(ang);
+        float *v = x + r * (size_t)nh * hd + (size_t)h * hd;
+        const float a = v[2 * i], b = v[2 * i + 1];
+        v[2 * i] = a * co - b * si;
+        v[2 * i + 1] = a * si + b * co;
+    }
+}
+
+static void rope_apply(float *x, int B, int T, int nh, int hd, float theta, float sign)
+{
+    const size_t n_pairs = (size_t)B * T * nh * (hd / 2);
+    if (n_pairs == 0) return;
+    rope_k<<<ew_blocks(n_pairs), EW_THREADS, 0, g_cu.compute>>>(x, n_pairs, T, nh, hd, theta, sign);
+    LAUNCH_CHECK();
+}
+
+void cu_rope_forward(float *x, int B, int T, int nh, int hd, float theta)
+{
+    rope_apply(x, B, T, nh, hd, theta, 1.0f);
+}
+
+void cu_rope_backward(float *dx, int B, int T, int nh, int hd, float theta)
+{
+    rope_apply(dx, B, T, nh, hd, theta, -1.0f);
+}
