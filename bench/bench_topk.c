@@ -11,10 +11,17 @@
  * Each --threads setting is timed over --runs calls, in blocks that alternate
  * between the settings (so machine noise hits them alike); median and p90.
  *
+ * --device / --offload / --math (bench/bench_device.h) move the model to a
+ * backend after loading; a call returns once the logits are back on the host
+ * (stem_topk downloads them), and the backend is synchronized before every
+ * clock read all the same. On a device, a model loaded from a file serves its
+ * STEM tables through the row cache (the whole vocabulary unless --offload F).
+ *
  * --make-default OUT writes a randomly initialized model with the `default`
  * preset architecture of app/cmd-train.c and exits: a fallback for bench/run.sh
  * when the `stem` CLI is not built (run.sh prefers `stem init --preset default`). */
 #include "bench_common.h"
+#include "bench_device.h"
 #include "engine/checkpoint.h"
 #include "engine/config.h"
 #include "engine/model.h"
@@ -71,6 +78,7 @@ int main(int argc, char **argv)
 {
     char *model_path = NULL, *threads_s = NULL, *text = NULL, *make_out = NULL;
     int runs = 200, warmup = 20, k = 5, plen = 32, block = 25;
+    BenchDeviceOpts dev = { 0 };
     GOptionEntry entries[] = {
         { "model", 'm', 0, G_OPTION_ARG_FILENAME, &model_path, "model file (safetensors)", "PATH" },
         { "threads", 0, 0, G_OPTION_ARG_STRING, &threads_s, "comma list of pool sizes (1,2)", "LIST" },
@@ -82,6 +90,7 @@ int main(int argc, char **argv)
         { "text", 0, 0, G_OPTION_ARG_STRING, &text, "prompt text (a capitals sentence)", "TEXT" },
         { "make-default", 0, 0, G_OPTION_ARG_FILENAME, &make_out, "write a random default-preset model and exit",
           "OUT" },
+        BENCH_DEVICE_ENTRIES(dev),
         { NULL }
     };
     GOptionContext *ctx = g_option_context_new("- stem_topk latency");
@@ -111,6 +120,15 @@ int main(int argc, char **argv)
         return 1;
     }
     double t_load = bench_now() - t_load0;
+    const StemKernels *K = bench_open_device("bench_topk", &dev);
+    if (!K) return 2;
+    double t_dev0 = bench_now();
+    if (!stem_model_set_device(m, K, bench_offload_capacity(dev.offload, m->cfg.vocab), &err)) {
+        fprintf(stderr, "bench_topk: %s\n", err->message);
+        return 1;
+    }
+    K->synchronize();
+    double t_dev = bench_now() - t_dev0;
     const int V = m->cfg.vocab;
     if (plen > m->cfg.seq_len) plen = m->cfg.seq_len;
 
@@ -146,6 +164,7 @@ int main(int argc, char **argv)
         pool_init(thr[i]);
         for (int w = 0; w < warmup; w++) stem_topk(m, ids, plen, k, top);
     }
+    if (m->offload) stem_offload_reset_stats(m->offload);   /* statistics of the timed calls */
     /* alternate blocks of calls between the thread settings */
     for (int left = 1; left;) {
         left = 0;
@@ -154,8 +173,10 @@ int main(int argc, char **argv)
             pool_init(thr[i]);
             stem_topk(m, ids, plen, k, top);     /* first call after a pool restart: untimed */
             for (int b = 0; b < block && done[i] < runs; b++) {
+                K->synchronize();
                 double t0 = bench_now();
                 stem_topk(m, ids, plen, k, top);
+                K->synchronize();
                 lat[i][done[i]++] = (bench_now() - t0) * 1e3;
             }
             left |= done[i] < runs;
@@ -170,6 +191,9 @@ int main(int argc, char **argv)
     printf("  \"config\": {\"vocab\": %d, \"dim\": %d, \"layers\": %d, \"heads\": %d, \"kv_heads\": %d, \"ffn\": %d, "
            "\"seq\": %d, \"stem_layers\": [%s]},\n",
            V, m->cfg.dim, m->cfg.n_layers, m->cfg.n_heads, m->cfg.n_kv_heads, m->cfg.ffn_dim, m->cfg.seq_len, sl);
+    bench_print_device(stdout, &dev, K);
+    bench_print_offload(stdout, m, dev.offload);
+    printf("  \"set_device_ms\": %.2f,\n", t_dev * 1e3);
     printf("  \"load_ms\": %.2f,\n  \"prompt_len\": %d,\n  \"prompt_source\": \"%s\",\n  \"prompt_ids\": [", t_load * 1e3,
            plen, source);
     for (int i = 0; i < plen; i++) printf("%s%d", i ? ", " : "", ids[i]);
@@ -186,6 +210,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < n_thr; i++) g_free(lat[i]);
     g_free(lat); g_free(done); g_free(top); g_free(ids); g_free(thr);
     g_free(model_path); g_free(threads_s); g_free(text); g_free(make_out);
+    g_free(dev.device); g_free(dev.math);
     stem_model_free(m);
     pool_shutdown();
     return 0;
