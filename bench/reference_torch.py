@@ -1,8 +1,10 @@
 #!/usr/bin/python3
-"""PyTorch CPU reference for bench/run.sh: the same STEM architecture, written
-independently of the C engine, timed the same way. Prints one JSON object.
+"""PyTorch reference for bench/run.sh and bench/gpu.sh: the same STEM
+architecture, written independently of the C engine, timed the same way. Prints
+one JSON object.
 
-Run it with Debian's python3-torch: /usr/bin/python3 (not the python3 on PATH).
+On the CPU machines run it with Debian's python3-torch: /usr/bin/python3 (not
+the python3 on PATH). On a GPU machine: any python3 whose torch sees CUDA.
 
   reference_torch.py train [--threads T] [--steps N] [--warmup W] [arch flags]
       times full training steps (zero_grad, forward + mean cross-entropy,
@@ -10,6 +12,21 @@ Run it with Debian's python3-torch: /usr/bin/python3 (not the python3 on PATH).
   reference_torch.py topk --model FILE.safetensors --ids 1,2,3 [--threads T]
       loads an engine model file and times the next-token top-k for the prompt:
       forward, final norm and LM head for the LAST position only, softmax, top-k.
+  reference_torch.py decode [--model FILE | arch flags] [--prompt-len P] [--gen G]
+      prefill and per-token greedy decode latency, batch 1, WITHOUT a KV cache:
+      each new token re-runs the full forward over the window (the last seq_len
+      ids), exactly as the engine's stem_generate does, so the two compare like
+      for like (a KV-cached PyTorch decode would be faster; not measured here).
+      Prompt ids (1000003 (i+1) + 12345) mod V unless --ids.
+
+--device cpu|cuda (cpu). On cuda, torch.cuda.synchronize() runs before every
+clock read; --math fp32 (default: TF32 off, full fp32 matmuls, as the engine's
+default), tf32 (set_float32_matmul_precision('high')) or bf16 ('medium': bf16
+inside fp32 matmuls, like the engine's bf16 GEMM mode). --attn auto (default)
+uses F.scaled_dot_product_attention (causal) where this torch has it, on CUDA
+only (PyTorch at its best there); naive = matmul + masked softmax + matmul as
+below, which is what the engine computes. --zipf A draws training ids with
+weight 1/(id+1)^A (0 = uniform), as bench_train --zipf.
 
 --threads T sets torch.set_num_threads(T) AND OpenBLAS's thread count (PyTorch's
 CPU matmuls go to the system OpenBLAS, which ignores set_num_threads; the
@@ -34,7 +51,10 @@ import time
 
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["train", "topk"])
+    p.add_argument("mode", choices=["train", "topk", "decode"])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--math", choices=["fp32", "tf32", "bf16"], default="fp32")
+    p.add_argument("--attn", choices=["auto", "naive", "sdpa"], default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--blas-threads", type=int, default=None, help="OpenBLAS threads (default: --threads)")
     # train
@@ -50,8 +70,9 @@ def parse_args(argv):
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--foreach", default="auto",
-                   help="AdamW implementation: 1 = foreach (multi-tensor), 0 = per-tensor loop, auto = time both "
-                        "on this machine first and keep the faster (default)")
+                   help="AdamW implementation: 1 = foreach (multi-tensor), 0 = per-tensor loop, fused (CUDA), "
+                        "auto = time them all on this machine first and keep the fastest (default)")
+    p.add_argument("--zipf", type=float, default=0.0, help="training ids Zipf-distributed with exponent A (0 = uniform)")
     p.add_argument("--seed", type=int, default=1)
     # topk
     p.add_argument("--model", help="engine model file (safetensors)")
@@ -59,6 +80,11 @@ def parse_args(argv):
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--runs", type=int, default=200)
     p.add_argument("--topk-warmup", type=int, default=20)
+    # decode
+    p.add_argument("--prompt-len", type=int, default=0, help="prompt tokens (default: context / 2)")
+    p.add_argument("--gen", type=int, default=32)
+    p.add_argument("--decode-runs", type=int, default=2)
+    p.add_argument("--decode-warmup", type=int, default=3)
     return p.parse_args(argv)
 
 
@@ -73,6 +99,32 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(ARGS.threads)
+
+if ARGS.device == "cuda" and not torch.cuda.is_available():
+    sys.exit("reference_torch: --device cuda, but torch.cuda.is_available() is False (torch %s)" % torch.__version__)
+DEV = torch.device(ARGS.device)
+CUDA = DEV.type == "cuda"
+if CUDA:
+    # fp32 unless asked: the engine's default GEMMs are plain fp32
+    torch.backends.cuda.matmul.allow_tf32 = ARGS.math == "tf32"
+    torch.backends.cudnn.allow_tf32 = ARGS.math == "tf32"
+if hasattr(torch, "set_float32_matmul_precision"):
+    torch.set_float32_matmul_precision({"fp32": "highest", "tf32": "high", "bf16": "medium"}[ARGS.math])
+HAVE_SDPA = hasattr(F, "scaled_dot_product_attention")
+USE_SDPA = ARGS.attn == "sdpa" or (ARGS.attn == "auto" and CUDA and HAVE_SDPA)
+if USE_SDPA and not HAVE_SDPA:
+    sys.exit("reference_torch: --attn sdpa, but torch %s has no scaled_dot_product_attention" % torch.__version__)
+
+
+def sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def now():
+    """Clock read after everything queued on the GPU is done."""
+    sync()
+    return time.perf_counter()
 
 
 # ---------------------------------------------------------------- model
@@ -121,6 +173,9 @@ class Attention(nn.Module):
         if self.kv != self.h:
             k = k.repeat_interleave(self.h // self.kv, dim=1)
             v = v.repeat_interleave(self.h // self.kv, dim=1)
+        if USE_SDPA:
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return self.wo(o.transpose(1, 2).reshape(B, T, self.h * self.hd))
         s = torch.matmul(q, k.transpose(-2, -1)) * (1.0 / math.sqrt(self.hd)) + mask[:T, :T]
         o = torch.matmul(torch.softmax(s, dim=-1), v)  # [B, h, T, hd]
         return self.wo(o.transpose(1, 2).reshape(B, T, self.h * self.hd))
@@ -223,11 +278,27 @@ def quantile(v, q):
 
 
 def env_info():
-    return {
+    d = {
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "openblas_threads": _blas,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "device": {"requested": ARGS.device, "backend": DEV.type,
+                   "name": torch.cuda.get_device_name(0) if CUDA else "CPU", "math": ARGS.math},
+        "attention": "sdpa" if USE_SDPA else "naive",
+        "cuda_available": torch.cuda.is_available(),
+    }
+    if CUDA:
+        d["cuda_version"] = torch.version.cuda
+    return d
+
+
+def make_cfg(a):
+    return {
+        "vocab": a.vocab, "dim": a.dim, "n_layers": a.layers, "n_heads": a.heads,
+        "n_kv_heads": a.kv_heads or a.heads, "ffn_dim": a.ffn, "seq_len": a.seq,
+        "rope_theta": 10000.0, "norm_eps": 1e-5,
+        "stem_layers": parse_stem_layers(a.stem_layers, a.layers),
     }
 
 
@@ -235,14 +306,10 @@ def env_info():
 
 def bench_train(a):
     torch.manual_seed(a.seed)
-    cfg = {
-        "vocab": a.vocab, "dim": a.dim, "n_layers": a.layers, "n_heads": a.heads,
-        "n_kv_heads": a.kv_heads or a.heads, "ffn_dim": a.ffn, "seq_len": a.seq,
-        "rope_theta": 10000.0, "norm_eps": 1e-5,
-        "stem_layers": parse_stem_layers(a.stem_layers, a.layers),
-    }
+    cfg = make_cfg(a)
     model = Transformer(cfg)
     model.init_weights(a.seed)
+    model.to(DEV)
     model.train()
     tables = [p for n, p in model.named_parameters() if n.endswith(".table.weight")]
     table_ids = {id(p) for p in tables}
@@ -253,51 +320,65 @@ def bench_train(a):
     if tables:
         groups.append({"params": tables, "lr": 3e-3, "weight_decay": 0.0})
 
-    def make_opt(foreach):
-        return torch.optim.AdamW([dict(g) for g in groups], betas=(0.9, 0.95), eps=1e-8, foreach=foreach)
+    # AdamW implementations: "true" = foreach (multi-tensor), "false" = per-tensor
+    # loop, "fused" = one fused kernel (CUDA, torch >= 2.0)
+    def make_opt(impl):
+        kw = {"fused": True} if impl == "fused" else {"foreach": impl == "true"}
+        return torch.optim.AdamW([dict(g) for g in groups], betas=(0.9, 0.95), eps=1e-8, **kw)
 
     B, T, V = a.batch, a.seq, a.vocab
     g = torch.Generator().manual_seed(a.seed)
+    weights = (torch.arange(V, dtype=torch.float64) + 1.0).pow(-a.zipf) if a.zipf > 0 else None
     batches = []
     for _ in range(4):
-        stream = torch.randint(0, V, (B, T + 1), generator=g)
-        batches.append((stream[:, :T].contiguous(), stream[:, 1:].contiguous()))
+        if weights is None:
+            stream = torch.randint(0, V, (B, T + 1), generator=g)
+        else:
+            stream = torch.multinomial(weights, B * (T + 1), replacement=True, generator=g).view(B, T + 1)
+        batches.append((stream[:, :T].contiguous().to(DEV), stream[:, 1:].contiguous().to(DEV)))
 
-    # Which AdamW implementation is faster here? (PyTorch at its best.) Time 3
-    # optimizer steps of each on real gradients, interleaved; keep the faster.
+    # Which AdamW implementation is fastest here? (PyTorch at its best.) Time 3
+    # optimizer steps of each on real gradients, interleaved; keep the fastest.
     probe = {}
     if a.foreach == "auto":
         model(*batches[0]).backward()
-        cands = {True: make_opt(True), False: make_opt(False)}
-        times_by = {True: [], False: []}
+        impls = ["true", "false"]
+        if CUDA:
+            try:
+                make_opt("fused")
+                impls.append("fused")
+            except (RuntimeError, TypeError, ValueError):
+                pass
+        cands = {fe: make_opt(fe) for fe in impls}
+        times_by = {fe: [] for fe in impls}
         for _ in range(4):
             for fe, o in cands.items():
-                t = time.perf_counter()
+                t = now()
                 o.step()
-                times_by[fe].append(time.perf_counter() - t)
-        probe = {str(fe).lower(): statistics.median(v[1:]) * 1e3 for fe, v in times_by.items()}
+                times_by[fe].append(now() - t)
+        probe = {fe: statistics.median(v[1:]) * 1e3 for fe, v in times_by.items()}
         foreach = min(times_by, key=lambda fe: statistics.median(times_by[fe][1:]))
         del cands
     else:
-        foreach = bool(int(a.foreach))
+        foreach = {"1": "true", "0": "false"}.get(a.foreach, a.foreach)
     opt = make_opt(foreach)
 
     times, phases = [], {"zero_grad": [], "forward": [], "backward": [], "optimizer": []}
     loss_first = loss_last = float("nan")
     for s in range(a.warmup + a.steps):
         x, y = batches[s % len(batches)]
-        t0 = time.perf_counter()
+        t0 = now()
         opt.zero_grad(set_to_none=True)
-        t1 = time.perf_counter()
+        t1 = now()
         loss = model(x, y)
-        t2 = time.perf_counter()
+        t2 = now()
         loss.backward()
-        t3 = time.perf_counter()
+        t3 = now()
         torch.nn.utils.clip_grad_norm_(backbone, 1.0)
         if tables:
             torch.nn.utils.clip_grad_norm_(tables, 1.0)
         opt.step()
-        t4 = time.perf_counter()
+        t4 = now()
         lv = loss.item()
         if s == 0:
             loss_first = lv
@@ -318,6 +399,7 @@ def bench_train(a):
         **env_info(),
         "foreach": foreach,
         "foreach_probe_ms": probe,
+        "tokens": {"distribution": "zipf" if a.zipf > 0 else "uniform", "zipf": a.zipf},
         "config": {"vocab": V, "dim": a.dim, "layers": a.layers, "heads": a.heads, "kv_heads": cfg["n_kv_heads"],
                    "ffn": a.ffn, "seq": T, "batch": B, "stem_layers": cfg["stem_layers"]},
         "threads": a.threads,
@@ -340,7 +422,18 @@ def bench_train(a):
 # ---------------------------------------------------------------- topk
 
 def read_safetensors(path):
-    """Minimal safetensors reader: {name: float32 tensor}, metadata dict."""
+    """{name: float32 tensor}, metadata dict: through the safetensors package
+    where it is installed (fast), else a minimal reader of the format."""
+    try:
+        from safetensors import safe_open
+        out = {}
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            for name in f.keys():
+                out[name] = f.get_tensor(name).float()
+        return out, meta
+    except ImportError:
+        pass
     with open(path, "rb") as f:
         data = f.read()
     n = int.from_bytes(data[:8], "little")
@@ -373,6 +466,7 @@ def load_engine_model(path):
         else:
             sd[name] = t
     model.load_state_dict(sd, strict=True)
+    model.to(DEV)
     model.eval()
     return model, cfg
 
@@ -383,21 +477,22 @@ def bench_topk(a):
     t0 = time.perf_counter()
     model, cfg = load_engine_model(a.model)
     load_ms = (time.perf_counter() - t0) * 1e3
-    ids = torch.tensor([[int(s) for s in a.ids.split(",")]], dtype=torch.long)
+    ids = torch.tensor([[int(s) for s in a.ids.split(",")]], dtype=torch.long, device=DEV)
 
     def call():
         with torch.inference_mode():
             probs = torch.softmax(model.next_logits(ids)[0], dim=-1)
-            return torch.topk(probs, a.k)
+            top = torch.topk(probs, a.k)
+            return top.values.cpu(), top.indices.cpu()   # on the host, as the engine's result
 
     for _ in range(a.topk_warmup):
         call()
     lat = []
     for _ in range(a.runs):
-        t = time.perf_counter()
+        t = now()
         call()
-        lat.append((time.perf_counter() - t) * 1e3)
-    top = call()
+        lat.append((now() - t) * 1e3)
+    top_values, top_indices = call()
     return {
         "bench": "topk",
         "engine": "pytorch",
@@ -410,10 +505,90 @@ def bench_topk(a):
         "load_ms": load_ms,
         "latency": [{"threads": a.threads, "median_ms": statistics.median(lat), "p90_ms": quantile(lat, 0.9),
                      "min_ms": min(lat), "mean_ms": statistics.mean(lat)}],
-        "topk": [{"id": int(i), "prob": float(p)} for p, i in zip(top.values, top.indices)],
+        "topk": [{"id": int(i), "prob": float(p)} for p, i in zip(top_values, top_indices)],
+    }
+
+
+# ---------------------------------------------------------------- decode
+
+def bench_decode(a):
+    t0 = time.perf_counter()
+    if a.model:
+        model, cfg = load_engine_model(a.model)
+    else:
+        torch.manual_seed(a.seed)
+        cfg = make_cfg(a)
+        model = Transformer(cfg)
+        model.init_weights(a.seed)
+        model.to(DEV)
+        model.eval()
+    sync()
+    load_ms = (time.perf_counter() - t0) * 1e3
+    V, S = cfg["vocab"], cfg["seq_len"]
+    if a.ids:
+        prompt = [int(s) for s in a.ids.split(",")]
+    else:
+        P = min(a.prompt_len or max(S // 2, 1), S)
+        prompt = [(1000003 * (i + 1) + 12345) % V for i in range(P)]
+    P = len(prompt)
+
+    def next_id(seq):
+        # stem_next_probs + argmax: forward over the window, head for the last
+        # position, softmax, argmax, the id back on the host
+        window = torch.tensor([seq[-S:]], dtype=torch.long, device=DEV)
+        with torch.inference_mode():
+            probs = torch.softmax(model.next_logits(window)[0], dim=-1)
+            return int(torch.argmax(probs).item())
+
+    for _ in range(a.decode_warmup):
+        next_id(prompt)
+    pre = []
+    first = -1
+    for _ in range(a.runs):
+        t = now()
+        first = next_id(prompt)
+        pre.append((now() - t) * 1e3)
+    dec = []
+    gen = []
+    for r in range(-1, a.decode_runs):   # one untimed run first
+        seq = list(prompt)
+        for _ in range(a.gen):
+            t = now()
+            nxt = next_id(seq)
+            dt = (now() - t) * 1e3
+            seq.append(nxt)
+            if r >= 0:
+                dec.append(dt)
+        gen = seq[P:]
+
+    def stats(v):
+        return {"median_ms": statistics.median(v), "p90_ms": quantile(v, 0.9), "min_ms": min(v),
+                "mean_ms": statistics.mean(v), "n": len(v)}
+
+    return {
+        "bench": "decode",
+        "engine": "pytorch",
+        **env_info(),
+        "model": a.model or "random",
+        "config": {"vocab": V, "dim": cfg["dim"], "layers": cfg["n_layers"], "heads": cfg["n_heads"],
+                   "kv_heads": cfg["n_kv_heads"], "ffn": cfg["ffn_dim"], "seq": S, "stem_layers": cfg["stem_layers"]},
+        "kv_cache": False,
+        "threads": a.threads,
+        "load_ms": load_ms,
+        "prompt_len": P,
+        "gen": a.gen,
+        "runs": a.runs,
+        "decode_runs": a.decode_runs,
+        "decode_window": [min(P, S), min(P + a.gen - 1, S)],
+        "prefill": stats(pre),
+        "decode_per_token": stats(dec),
+        "decode_tokens_per_s": 1e3 / statistics.mean(dec),
+        "prompt_ids": prompt,
+        "first_id": first,
+        "generated_ids": gen,
     }
 
 
 if __name__ == "__main__":
-    result = bench_train(ARGS) if ARGS.mode == "train" else bench_topk(ARGS)
+    result = {"train": bench_train, "topk": bench_topk, "decode": bench_decode}[ARGS.mode](ARGS)
     print(json.dumps(result, indent=2))
