@@ -26,6 +26,16 @@
  * Fences are numbered 0 .. STEM_KERNELS_FENCES-1 (double buffering uses two);
  * recording a fence again replaces its previous position.
  *
+ * Clarifications (from writing both backends):
+ *  - download and the scalar-returning ops wait for the compute queue only;
+ *    synchronize waits for both queues.
+ *  - Nothing makes the copy queue wait for compute: a writer of backend memory
+ *    that queued compute may still read must synchronize first (engine/offload.c
+ *    does, and only when compute touched the rows since the last drain).
+ *  - A backend is used from one thread at a time (the CUDA module keeps host
+ *    state: scratch buffers, timing events, the math mode).
+ *  - set_math is process-wide and applies to every GEMM queued after it.
+ *
  * Kernels know nothing but arrays: no model, no file, no GLib. */
 #ifndef STEM_KERNELS_KERNELS_H
 #define STEM_KERNELS_KERNELS_H
