@@ -145,7 +145,11 @@ log "output: $PREFIX.json (+ -summary.txt -build.log -tests.log -runs.log), buil
     echo "== date: $(date -Iseconds)"
     echo "== host: $(uname -a)"
     echo "== cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//') x $(nproc)"
-    echo "== git: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty)"
+    if git -C "$ROOT" rev-parse --short HEAD >/dev/null 2>&1; then
+        echo "== git: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo +dirty)"
+    else
+        echo "== git: no repository here (a copy of the working tree)"
+    fi
 } | tee "$RUN/env.txt" >&2
 GPU_NAME=none
 if [ "$DRY" = 0 ]; then
