@@ -88,9 +88,31 @@ static void cu_download(void *dst_host, const void *src, size_t bytes)
     CUDA_CHECK(cudaStreamSynchronize(g_cu.compute));
 }
 
+/* Overlapping ranges are allowed, as in the CPU backend (memmove): cudaMemcpy
+ * does not define overlap (a device-to-device copy runs in parallel pieces, so
+ * e.g. shifting a buffer by one float reads elements already overwritten). An
+ * overlapping copy goes through scratch in pieces of at most COPY_PIECE bytes,
+ * walking away from the side it writes: forward when dst < src, backward when
+ * dst > src, so no piece reads bytes an earlier piece wrote. */
+#define COPY_PIECE ((size_t)64 << 20)
+
 static void cu_copy(void *dst, const void *src, size_t bytes)
 {
     if (!bytes || dst == src) return;
+    char *d = (char *)dst;
+    const char *s = (const char *)src;
+    if (d < s + bytes && s < d + bytes) {
+        const size_t piece = bytes < COPY_PIECE ? bytes : COPY_PIECE;
+        char *tmp = (char *)stem_cuda_scratch(SCRATCH_COPY, piece);
+        for (size_t done = 0; done < bytes; done += piece) {
+            const size_t len = bytes - done < piece ? bytes - done : piece;
+            const size_t off = d < s ? done : bytes - done - len;
+            CUDA_CHECK(cudaMemcpyAsync(tmp, s + off, len, cudaMemcpyDeviceToDevice, g_cu.compute));
+            CUDA_CHECK(cudaMemcpyAsync(d + off, tmp, len, cudaMemcpyDeviceToDevice, g_cu.compute));
+        }
+        LAUNCH_CHECK();
+        return;
+    }
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, g_cu.compute));
     LAUNCH_CHECK();
 }
