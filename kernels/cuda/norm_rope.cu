@@ -2,6 +2,10 @@
  * written in the same order as there so the two backends round alike). */
 #include "cuda_internal.h"
 
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
 /* ------------------------------------------------------------------ rmsnorm */
 
 #define ROW_THREADS 256   /* one block per row; D = 64 .. 8192 in practice */
@@ -89,10 +93,11 @@ void cu_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, 
 /* ------------------------------------------------------------------ rope */
 
 /* x[B*T, nh*hd] in place: one thread per (row, head, pair i). Pair (2i, 2i+1)
- * of row r turns by angle (r % T) * theta^(-2i/hd), sign -1 for the inverse.
- * The angle is computed in float exactly as on the CPU (Lingua's
- * precompute_freqs_cis), then cosf/sinf (full precision: no fast math). */
-__global__ void rope_k(float *x, size_t n_pairs, int T, int nh, int hd, float theta, float sign)
+ * of row r turns by angle (r % T) * freq[i], sign -1 for the inverse. freq[i] =
+ * theta^(-2i/hd) comes from the host (rope_freqs), the angle is computed in
+ * float exactly as on the CPU (Lingua's precompute_freqs_cis), then cosf/sinf
+ * (full precision: no fast math). */
+__global__ void rope_k(float *x, const float *freq, size_t n_pairs, int T, int nh, int hd, float sign)
 {
     const int half = hd / 2;
     for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n_pairs;
@@ -102,8 +107,7 @@ __global__ void rope_k(float *x, size_t n_pairs, int T, int nh, int hd, float th
         const int h = (int)(rh % (size_t)nh);
         const size_t r = rh / (size_t)nh;
         const int t = (int)(r % (size_t)T);
-        const float freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
-        const float ang = (float)t * freq;
+        const float ang = (float)t * freq[i];
         const float co = cosf(ang), si = sign * sinf(ang);
         float *v = x + r * (size_t)nh * hd + (size_t)h * hd;
         const float a = v[2 * i], b = v[2 * i + 1];
@@ -112,11 +116,41 @@ __global__ void rope_k(float *x, size_t n_pairs, int T, int nh, int hd, float th
     }
 }
 
+/* freq[i] = 1 / powf(theta, 2i/hd) for i < hd/2, in device memory. Computed on
+ * the host with the C library's powf, the very call the CPU backend makes:
+ * the device powf may differ by a few ulp, and the angle t * freq multiplies
+ * that error by the position (a 4-ulp freq at t = 1000 moves the angle by
+ * ~2e-4 rad, past the 1e-4 parity). Cached per (theta, hd), which a model
+ * never changes, so the upload (and its stream sync) happens once. */
+static const float *rope_freqs(int hd, float theta)
+{
+    static const float *cached;
+    static int cached_hd = -1;
+    static float cached_theta;
+    const int half = hd / 2;
+    float *dev = (float *)stem_cuda_scratch(SCRATCH_ROPE, sizeof(float) * (size_t)half);
+    if (dev == cached && hd == cached_hd && memcmp(&theta, &cached_theta, sizeof theta) == 0) return dev;
+    float *host = (float *)malloc(sizeof(float) * (size_t)half);
+    if (!host) stem_cuda_fail("malloc", "out of host memory", __FILE__, __LINE__);
+    for (int i = 0; i < half; i++) host[i] = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+    /* queued behind the rope kernels that may still read the old table; the
+     * sync lets the pageable host buffer go */
+    CUDA_CHECK(cudaMemcpyAsync(dev, host, sizeof(float) * (size_t)half, cudaMemcpyHostToDevice, g_cu.compute));
+    CUDA_CHECK(cudaStreamSynchronize(g_cu.compute));
+    free(host);
+    cached = dev;
+    cached_hd = hd;
+    cached_theta = theta;
+    return dev;
+}
+
 static void rope_apply(float *x, int B, int T, int nh, int hd, float theta, float sign)
 {
-    const size_t n_pairs = (size_t)B * T * nh * (hd / 2);
+    const size_t n_pairs = (size_t)(B > 0 ? B : 0) * (size_t)(T > 0 ? T : 0) * (size_t)(nh > 0 ? nh : 0) *
+                           (size_t)(hd > 1 ? hd / 2 : 0);
     if (n_pairs == 0) return;
-    rope_k<<<ew_blocks(n_pairs), EW_THREADS, 0, g_cu.compute>>>(x, n_pairs, T, nh, hd, theta, sign);
+    const float *freq = rope_freqs(hd, theta);
+    rope_k<<<ew_blocks(n_pairs), EW_THREADS, 0, g_cu.compute>>>(x, freq, n_pairs, T, nh, hd, sign);
     LAUNCH_CHECK();
 }
 
