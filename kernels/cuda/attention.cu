@@ -36,8 +36,14 @@ static size_t row_smem(int T, int hd, const void *kernel)
     return bytes;
 }
 
+#define GRID_YZ_MAX 65535   /* gridDim.y and gridDim.z limit */
+
 static void check_heads(int nh, int nkv)
 {
+    if (nh > GRID_YZ_MAX) {   /* heads are grid.y */
+        fprintf(stderr, "stem: cuda error: attention: nh=%d heads exceed the grid limit %d\n", nh, GRID_YZ_MAX);
+        abort();
+    }
     if (nkv > 0 && nh % nkv == 0) return;
     fprintf(stderr, "stem: cuda error: attention: nh=%d is not a multiple of nkv=%d\n", nh, nkv);
     abort();
@@ -108,10 +114,15 @@ void cu_attention_forward(float *out, float *att, const float *q, const float *k
     if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
     check_heads(nh, nkv);
     const size_t smem = row_smem(T, hd, (const void *)attn_fwd_k);
-    dim3 grid(T, nh, B);
-    attn_fwd_k<<<grid, ATT_THREADS, smem, g_cu.compute>>>(out, att, q, k, v, T, nh, nkv, hd,
-                                                           1.0f / sqrtf((float)hd));
-    LAUNCH_CHECK();
+    /* grid.z = batch is limited to 65535: larger B runs in slices of batches */
+    for (int b0 = 0; b0 < B; b0 += GRID_YZ_MAX) {
+        const int nb = B - b0 < GRID_YZ_MAX ? B - b0 : GRID_YZ_MAX;
+        const size_t qo = (size_t)b0 * T * nh * hd, ko = (size_t)b0 * T * nkv * hd, ao = (size_t)b0 * nh * T * T;
+        dim3 grid(T, nh, nb);
+        attn_fwd_k<<<grid, ATT_THREADS, smem, g_cu.compute>>>(out + qo, att + ao, q + qo, k + ko, v + ko, T, nh,
+                                                               nkv, hd, 1.0f / sqrtf((float)hd));
+        LAUNCH_CHECK();
+    }
 }
 
 /* grid (T, nh, B): query row t of head h.
@@ -199,14 +210,20 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
     if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
     check_heads(nh, nkv);
     const size_t smem = row_smem(T, hd, (const void *)attn_bwd_q_k);
-    dim3 qgrid(T, nh, B);
-    attn_bwd_q_k<<<qgrid, ATT_THREADS, smem, g_cu.compute>>>(dq, scratch, dout, att, k, v, T, nh, nkv, hd,
-                                                              1.0f / sqrtf((float)hd));
-    LAUNCH_CHECK();
     /* threads: hd rounded up to whole warps, at most 256 (the kernel loops over the rest) */
     int kv_threads = (hd + 31) / 32 * 32;
     if (kv_threads > 256) kv_threads = 256;
-    dim3 kvgrid(T, nkv, B);
-    attn_bwd_kv_k<<<kvgrid, kv_threads, 0, g_cu.compute>>>(dk, dv, scratch, dout, att, q, T, nh, nkv, hd);
-    LAUNCH_CHECK();
+    /* grid.z = batch is limited to 65535: larger B runs in slices of batches */
+    for (int b0 = 0; b0 < B; b0 += GRID_YZ_MAX) {
+        const int nb = B - b0 < GRID_YZ_MAX ? B - b0 : GRID_YZ_MAX;
+        const size_t qo = (size_t)b0 * T * nh * hd, ko = (size_t)b0 * T * nkv * hd, ao = (size_t)b0 * nh * T * T;
+        dim3 qgrid(T, nh, nb);
+        attn_bwd_q_k<<<qgrid, ATT_THREADS, smem, g_cu.compute>>>(dq + qo, scratch + ao, dout + qo, att + ao, k + ko,
+                                                                  v + ko, T, nh, nkv, hd, 1.0f / sqrtf((float)hd));
+        LAUNCH_CHECK();
+        dim3 kvgrid(T, nkv, nb);
+        attn_bwd_kv_k<<<kvgrid, kv_threads, 0, g_cu.compute>>>(dk + ko, dv + ko, scratch + ao, dout + qo, att + ao,
+                                                                q + qo, T, nh, nkv, hd);
+        LAUNCH_CHECK();
+    }
 }
