@@ -615,6 +615,27 @@ static void t_memory(void)
     guards(label);
     dfree_all();
     free(a); free(back); free(b0); free(gb); free(eb);
+
+    /* overlapping copies have memmove semantics (the CPU backend's): shift
+     * down and up by a few floats, small and over the backend's 64 MiB piece */
+    const size_t sizes[2] = { 1000003, ((size_t)80 << 20) / sizeof(float) + 12345 };
+    for (int k = 0; k < 2; k++) {
+        const size_t m = sizes[k];
+        float *h0 = hrand(m, 1.0f);
+        float *dm = dputf(h0, m);
+        G.copy(dm, dm + 5, sizeof(float) * (m - 5));        /* dst < src */
+        G.copy(dm + 3, dm + 1, sizeof(float) * (m - 9));    /* dst > src */
+        float *gm = dgetf(dm, m);
+        float *em = hdup(h0, m);
+        memmove(em, em + 5, sizeof(float) * (m - 5));
+        memmove(em + 3, em + 1, sizeof(float) * (m - 9));
+        char what[96];
+        snprintf(what, sizeof what, "overlapping copies behave as memmove (%zu floats)", m);
+        check(label, memcmp(em, gm, sizeof(float) * m) == 0, what);
+        guards(label);
+        dfree_all();
+        free(h0); free(gm); free(em);
+    }
 }
 
 /* ------------------------------------------------------------------ staging: upload_async + fences */
@@ -809,12 +830,14 @@ int main(void)
     t_rope(2, 13, 3, 10, 10000.0f, 20);
     t_rope(1, 300, 4, 64, 10000.0f, 21);
     t_rope(2, 7, 2, 7, 500000.0f, 22);   /* odd hd: the last element is left alone */
+    t_rope(1, 4096, 2, 128, 500000.0f, 23);   /* long context: angle = t * freq amplifies freq rounding */
 
     t_attention(2, 19, 4, 2, 16, 30);     /* GQA 2:1 */
     t_attention(1, 130, 6, 2, 64, 31);    /* GQA 3:1, T over the block size */
     t_attention(2, 33, 2, 2, 24, 32);     /* MHA, hd not a multiple of 32 */
     t_attention(1, 512, 2, 1, 128, 33);   /* MQA, the longest context */
     t_attention(3, 1, 2, 1, 8, 34);       /* T = 1 */
+    t_attention(65537, 2, 2, 1, 8, 35);   /* B over the 65535 grid.y/z limit */
 
     t_swiglu(1000, 40);
     t_swiglu(3 * 4099, 41);
