@@ -161,12 +161,34 @@ gboolean stem_train(StemModel *m, const int32_t *train_ids, size_t n_train, cons
     float loss = NAN;
     StemTrainProgress p = { .steps = opt->steps, .val_loss = NAN };
 
+    /* Offloaded tables: the next step's batch is drawn right after this step's
+     * forward and its rows are staged, so their gather and host->device copy
+     * overlap this step's backward and update (prefetch). Batches are drawn in
+     * the same order either way, so the run is the same with or without it. */
+    const gboolean prefetch = m->offload_capacity > 0 && accum == 1;
+    int32_t *xn = g_new(int32_t, (size_t)B * T), *yn = g_new(int32_t, (size_t)B * T);
+    gboolean have_next = FALSE;
+
     for (int step = 0; step < opt->steps; step++) {
         stem_model_zero_grad(m);
         double lsum = 0.0;
+        const gboolean eval_after = opt->eval_every > 0 && (step + 1) % opt->eval_every == 0 && val_ids;
         for (int k = 0; k < accum; k++) {
-            fill_batch(r, train_ids, n_train, B, T, x, y);
+            if (have_next) {
+                int32_t *t = x; x = xn; xn = t;
+                t = y; y = yn; yn = t;
+                have_next = FALSE;
+            } else {
+                fill_batch(r, train_ids, n_train, B, T, x, y);
+            }
             lsum += stem_model_forward(m, x, y, B, T, FALSE);
+            /* not before an evaluation: its forwards must not find a training chunk staged */
+            if (prefetch && m->offload && step + 1 < opt->steps && !eval_after) {
+                fill_batch(r, train_ids, n_train, B, T, xn, yn);
+                have_next = TRUE;
+                /* a chunk that cannot be staged now is staged by its own forward */
+                stem_offload_stage(m->offload, xn, B * T, NULL);
+            }
             stem_model_backward(m);
         }
         /* micro-batch losses are means: average the gradients too */
@@ -186,12 +208,14 @@ gboolean stem_train(StemModel *m, const int32_t *train_ids, size_t n_train, cons
             p.val_loss = stem_eval_loss(m, val_ids, n_val, B, T, opt->eval_batches);
         if (!isfinite(loss)) {
             g_set_error(error, TRAIN_ERROR, 3, "loss became %f at step %d (try a lower --lr)", loss, step + 1);
-            g_free(x); g_free(y); g_rand_free(r);
+            g_free(x); g_free(y); g_free(xn); g_free(yn); g_rand_free(r);
             return FALSE;
         }
         if (cb && !cb(&p, user)) {
             res->cancelled = TRUE;
             res->steps_done = step + 1;
+            /* consume the staged chunk, so later forwards start clean */
+            if (have_next) stem_model_forward(m, xn, NULL, B, T, TRUE);
             break;
         }
         res->steps_done = step + 1;
@@ -208,6 +232,8 @@ gboolean stem_train(StemModel *m, const int32_t *train_ids, size_t n_train, cons
     }
     g_free(x);
     g_free(y);
+    g_free(xn);
+    g_free(yn);
     g_rand_free(r);
     return TRUE;
 }

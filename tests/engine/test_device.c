@@ -298,6 +298,43 @@ static void test_offloaded_training(void)
     stem_model_free(m);
 }
 
+/* The training loop stages the next batch's rows during the current step
+ * (prefetch) unless an evaluation follows. Evaluating after every step turns
+ * prefetch off: the parameters must come out bit-identical either way. */
+static void test_training_prefetch(void)
+{
+    const size_t n = 3000;
+    int32_t *stream = random_ids(n, 300, 5);
+    StemTrainOptions o;
+    stem_train_options_defaults(&o);
+    o.steps = 12;
+    o.batch = 2;
+    o.seq = 16;
+    o.threads = 2;
+    o.eval_batches = 1;
+    float *params[2];
+    size_t bytes = 0;
+    for (int run = 0; run < 2; run++) {
+        StemModel *m = model_on(21, SMALL_CACHE);
+        o.eval_every = run == 0 ? 0 : 1;
+        StemTrainResult res;
+        GError *e = NULL;
+        g_assert_true(stem_train(m, stream, n, stream, n, &o, NULL, NULL, &res, &e));
+        g_assert_no_error(e);
+        StemOffloadStats st;
+        stem_offload_stats(m->offload, &st);
+        g_test_message("%s: %" G_GUINT64_FORMAT " misses, overlap %.2f", run ? "no prefetch" : "prefetch",
+                       st.cache.misses, st.overlap);
+        bytes = m->n_params * sizeof(float);
+        params[run] = g_memdup2(m->params, bytes);
+        stem_model_free(m);
+        if (run == 1) g_assert_cmpint(memcmp(params[0], params[1], bytes), ==, 0);
+    }
+    g_free(params[0]);
+    g_free(params[1]);
+    g_free(stream);
+}
+
 static void test_device_open(void)
 {
     GError *e = NULL;
@@ -342,6 +379,7 @@ int main(int argc, char **argv)
     g_test_add_func("/device/edits-through-cache", test_edits_through_cache);
     g_test_add_func("/device/train-step", test_train_step);
     if (exact) g_test_add_func("/device/offloaded-training", test_offloaded_training);
+    if (exact) g_test_add_func("/device/training-prefetch", test_training_prefetch);
     int rc = g_test_run();
     pool_shutdown();
     return rc;
