@@ -65,6 +65,7 @@
  * too. Nothing fails for lack of room; the copy just does not overlap. */
 #include "offload.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/pool.h"
 
 #include <string.h>
 
@@ -514,6 +515,28 @@ double stem_offload_grad_sumsq(StemOffload *o)
     return s;
 }
 
+typedef struct {
+    StemOffload *o;
+    const Chunk *c;
+    float *const *params, *const *adam_m, *const *adam_v;
+    float lr, beta1, beta2, eps, wd, grad_scale;
+    int t;
+} RowStepCtx;
+
+static void row_step_part(void *p, size_t b, size_t e)
+{
+    const RowStepCtx *r = p;
+    const StemOffload *o = r->o;
+    const int F = o->F;
+    const size_t W = (size_t)o->W;
+    for (size_t u = b; u < e; u++) {
+        const size_t off = (size_t)r->c->unique[u] * F;
+        for (int j = 0; j < o->n_stem; j++)
+            op_adamw(r->params[j] + off, o->h_grad + u * W + (size_t)j * F, r->adam_m[j] + off, r->adam_v[j] + off,
+                     (size_t)F, r->lr, r->beta1, r->beta2, r->eps, r->wd, r->t, r->grad_scale);
+    }
+}
+
 void stem_offload_step(StemOffload *o, float *const *params, float *const *adam_m, float *const *adam_v,
                        float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale)
 {
@@ -527,13 +550,12 @@ void stem_offload_step(StemOffload *o, float *const *params, float *const *adam_
     if (nu == 0) return;
     k->download(o->h_grad, o->d_grad, (size_t)nu * W * sizeof(float));
     o->reads_pending = FALSE;   /* download waits for everything queued before it */
-    /* lazy AdamW: only this chunk's rows move; the moments sit at the rows' offsets */
-    for (int u = 0; u < nu; u++) {
-        const size_t off = (size_t)c->unique[u] * F;
-        for (int j = 0; j < o->n_stem; j++)
-            op_adamw(params[j] + off, o->h_grad + u * W + (size_t)j * F, adam_m[j] + off, adam_v[j] + off,
-                     (size_t)F, lr, beta1, beta2, eps, wd, t, grad_scale);
-    }
+    /* lazy AdamW: only this chunk's rows move; the moments sit at the rows'
+     * offsets. Rows are independent: split them over the pool (op_adamw runs
+     * inline inside a task; elementwise, so the bits do not depend on the split) */
+    RowStepCtx rs = { .o = o, .c = c, .params = params, .adam_m = adam_m, .adam_v = adam_v, .lr = lr,
+                      .beta1 = beta1, .beta2 = beta2, .eps = eps, .wd = wd, .t = t, .grad_scale = grad_scale };
+    pool_for((size_t)nu, 16, row_step_part, &rs);
     /* keep the cache coherent: the updated EFFECTIVE units (an overlay row still
      * shadows its base) go back into their slots; the gradients are consumed, so
      * h_grad is the staging for it */
