@@ -9,7 +9,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 
 #define MODEL_ERROR (g_quark_from_static_string("stem-model-error"))
 
@@ -79,18 +78,21 @@ static void assign(GArray *a, const StemWeights *tmpl, StemWeights *w, float *ba
     }
 }
 
+/* Point every slot of w into base, laid out as the config's parameter buffer. */
+static void bind_views(const StemConfig *c, StemWeights *w, float *base)
+{
+    StemWeights tmpl;
+    size_t nb, nt;
+    GArray *a = layout(c, &tmpl, &nb, &nt);
+    assign(a, &tmpl, w, base);
+    g_array_unref(a);
+}
+
+/* Host buffers come from the CPU backend's allocator (page-aligned, huge pages
+ * for big arenas: page faults are slow on these machines), freed with free(). */
 static float *alloc_floats(size_t n)
 {
-    void *p = NULL;
-    size_t bytes = n * sizeof(float);
-    if (bytes == 0) bytes = 64;
-    bytes = (bytes + 4095) & ~(size_t)4095;
-    if (posix_memalign(&p, 4096, bytes)) return NULL;
-#ifdef MADV_HUGEPAGE
-    /* big arenas: fewer page faults, which are slow on these machines */
-    if (bytes >= (4u << 20)) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-    return p;
+    return stem_kernels_cpu()->alloc(n * sizeof(float));
 }
 
 /* ------------------------------------------------------------------ lifecycle */
@@ -109,17 +111,15 @@ StemModel *stem_model_new(const StemConfig *cfg, GError **error)
     StemModel *m = g_new0(StemModel, 1);
     m->cfg = *cfg;
     StemWeights tmpl;
-    GArray *a = layout(cfg, &tmpl, &m->n_backbone, &m->n_params);
+    g_array_unref(layout(cfg, &tmpl, &m->n_backbone, &m->n_params));
     m->params = alloc_floats(m->n_params);
     if (!m->params) {
-        g_array_unref(a);
         g_free(m);
         g_set_error(error, MODEL_ERROR, 1, "out of memory for %zu parameters", m->n_params);
         return NULL;
     }
     memset(m->params, 0, m->n_params * sizeof(float));
-    assign(a, &tmpl, &m->w, m->params);
-    g_array_unref(a);
+    bind_views(cfg, &m->w, m->params);
     make_tables(m);
     m->k = stem_kernels_cpu();
     return m;
@@ -246,20 +246,15 @@ gboolean stem_model_alloc_training(StemModel *m, GError **error)
     memset(m->grads, 0, m->n_params * sizeof(float));
     memset(m->adam_m, 0, m->n_params * sizeof(float));
     memset(m->adam_v, 0, m->n_params * sizeof(float));
-    StemWeights tmpl;
-    size_t nb, nt;
-    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
-    assign(a, &tmpl, &m->g, m->grads);
-    g_array_unref(a);
+    bind_views(&m->cfg, &m->g, m->grads);
     m->adam_t = 0;
     return device_alloc_training(m, error);
 }
 
 void stem_model_zero_grad(StemModel *m)
 {
-    if (!m->grads) return;
-    if (m->k->is_host) memset(m->grads, 0, m->n_params * sizeof(float));
-    else m->k->zero(m->dev_grads, m->n_dev_params * sizeof(float));
+    /* dev_grads is grads itself on a host backend (bind_host_views) */
+    if (m->dev_grads) m->k->zero(m->dev_grads, m->n_dev_params * sizeof(float));
 }
 
 /* ------------------------------------------------------------------ backends */
@@ -319,11 +314,7 @@ static gboolean device_alloc_training(StemModel *m, GError **error)
     m->k->zero(m->dev_grads, bytes);
     m->k->upload(m->dev_adam_m, m->adam_m, bytes);
     m->k->upload(m->dev_adam_v, m->adam_v, bytes);
-    StemWeights tmpl;
-    size_t nb, nt;
-    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
-    assign(a, &tmpl, &m->dg, m->dev_grads);
-    g_array_unref(a);
+    bind_views(&m->cfg, &m->dg, m->dev_grads);
     if (!tables_on_device(m)) memset(m->dg.stem, 0, sizeof m->dg.stem);
     return TRUE;
 }
@@ -375,11 +366,7 @@ gboolean stem_model_set_device(StemModel *m, const StemKernels *k, int offload_c
         bind_host_views(m);
         return FALSE;
     }
-    StemWeights tmpl;
-    size_t nb, nt;
-    GArray *a = layout(&m->cfg, &tmpl, &nb, &nt);
-    assign(a, &tmpl, &m->dw, m->dev_params);
-    g_array_unref(a);
+    bind_views(&m->cfg, &m->dw, m->dev_params);
     if (!tables_on_device(m)) memset(m->dw.stem, 0, sizeof m->dw.stem);
     stem_model_upload_params(m);
     if (training && !device_alloc_training(m, error)) return FALSE;

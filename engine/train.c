@@ -3,7 +3,6 @@
 #include "train.h"
 #include "offload.h"
 
-#include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
 
 #include <math.h>
@@ -40,12 +39,13 @@ void stem_model_step(StemModel *m, const StemOptim *o, float lr_scale, float *no
      * step on the host, row by row, in the offload store (lazy AdamW). */
     const StemKernels *k = m->k;
     const size_t nb = m->n_backbone, nt = m->n_params - m->n_backbone;
-    const gboolean offloaded = m->offload_capacity > 0 && m->offload && nt;
-    const gboolean dev_tables = !offloaded && m->n_dev_params == m->n_params;
+    /* otherwise the tables are in dev_params (the host buffer itself on the CPU) */
+    const gboolean offloaded = m->offload_capacity > 0;
     double gb = sqrt(k->sumsq(m->dev_grads, nb));
     double gt = 0.0;
-    if (offloaded) gt = sqrt(stem_offload_grad_sumsq(m->offload));
-    else if (nt) gt = dev_tables ? sqrt(k->sumsq(m->dev_grads + nb, nt)) : sqrt(op_sumsq(m->grads + nb, nt));
+    /* no offload store yet: no forward has touched a row, nothing to update */
+    if (offloaded) gt = m->offload ? sqrt(stem_offload_grad_sumsq(m->offload)) : 0.0;
+    else if (nt) gt = sqrt(k->sumsq(m->dev_grads + nb, nt));
     if (norm_backbone) *norm_backbone = (float)gb;
     if (norm_tables) *norm_tables = (float)gt;
     m->adam_t++;
@@ -53,7 +53,7 @@ void stem_model_step(StemModel *m, const StemOptim *o, float lr_scale, float *no
              o->eps, o->wd, m->adam_t, clip_scale(gb, o->clip));
     if (!nt) return;
     const float tlr = o->table_lr * lr_scale, tscale = clip_scale(gt, o->table_clip);
-    if (offloaded) {
+    if (offloaded && m->offload) {
         float *p[STEM_MAX_LAYERS], *am[STEM_MAX_LAYERS], *av[STEM_MAX_LAYERS];
         const size_t VF = (size_t)m->cfg.vocab * m->cfg.ffn_dim;
         for (int j = 0; j < stem_config_n_stem(&m->cfg); j++) {
@@ -62,12 +62,9 @@ void stem_model_step(StemModel *m, const StemOptim *o, float lr_scale, float *no
             av[j] = m->adam_v + nb + j * VF;
         }
         stem_offload_step(m->offload, p, am, av, tlr, o->beta1, o->beta2, o->eps, o->table_wd, m->adam_t, tscale);
-    } else if (dev_tables) {
+    } else if (!offloaded) {
         k->adamw(m->dev_params + nb, m->dev_grads + nb, m->dev_adam_m + nb, m->dev_adam_v + nb, nt, tlr,
                  o->beta1, o->beta2, o->eps, o->table_wd, m->adam_t, tscale);
-    } else {
-        op_adamw(m->params + nb, m->grads + nb, m->adam_m + nb, m->adam_v + nb, nt, tlr, o->beta1, o->beta2,
-                 o->eps, o->table_wd, m->adam_t, tscale);
     }
 }
 
