@@ -48,12 +48,15 @@ void cli_usage(const char *cmd, const char *fmt, ...)
     fail_exit(2);
 }
 
-void cli_parse(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
-               int *argc, char ***argv)
+/* The command's entries, then `extra` (NULL or more entries) in the same
+ * group, so `--help` lists them together. */
+static void parse_entries(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
+                          GOptionEntry *extra, int *argc, char ***argv)
 {
     GOptionContext *ctx = g_option_context_new(params);
     g_option_context_set_summary(ctx, summary);
     if (entries) g_option_context_add_main_entries(ctx, entries, NULL);
+    if (extra) g_option_context_add_main_entries(ctx, extra, NULL);
     char *prg = g_strdup_printf("stem %s", cmd);
     g_set_prgname(prg);
     GError *e = NULL;
@@ -62,9 +65,16 @@ void cli_parse(const char *cmd, const char *params, const char *summary, GOption
     g_free(prg);
 }
 
+void cli_parse(const char *cmd, const char *params, const char *summary, GOptionEntry *entries,
+               int *argc, char ***argv)
+{
+    parse_entries(cmd, params, summary, entries, NULL, argc, argv);
+}
+
 /* Compute options (cli_parse_compute); device_opt stays NULL for commands
  * that do not compute, which then stay on the CPU without probing for CUDA. */
 static char *device_opt, *math_opt;
+static StemMath math_choice;   /* math_opt, parsed */
 static double offload_opt;
 static gboolean compute_parsed;
 
@@ -78,21 +88,11 @@ void cli_parse_compute(const char *cmd, const char *params, const char *summary,
         { "math", 0, 0, G_OPTION_ARG_STRING, &math_opt, "GEMM precision on CUDA: fp32 (default), tf32 or bf16", "M" },
         { NULL }
     };
-    GOptionContext *ctx = g_option_context_new(params);
-    g_option_context_set_summary(ctx, summary);
-    /* in the main group, so `--help` lists them with the command's own */
-    if (entries) g_option_context_add_main_entries(ctx, entries, NULL);
-    g_option_context_add_main_entries(ctx, compute, NULL);
-    char *prg = g_strdup_printf("stem %s", cmd);
-    g_set_prgname(prg);
-    GError *e = NULL;
-    if (!g_option_context_parse(ctx, argc, argv, &e)) cli_usage(cmd, "%s", e->message);
-    g_option_context_free(ctx);
-    g_free(prg);
+    parse_entries(cmd, params, summary, entries, compute, argc, argv);
     if (!device_opt) device_opt = g_strdup("auto");
     if (!stem_device_name_valid(device_opt)) cli_usage(cmd, "unknown --device '%s' (use cpu, cuda or auto)", device_opt);
     if (!(offload_opt >= 0 && offload_opt <= 1)) cli_usage(cmd, "--offload must be a fraction in (0, 1]");
-    if (math_opt && g_strcmp0(math_opt, "fp32") && g_strcmp0(math_opt, "tf32") && g_strcmp0(math_opt, "bf16"))
+    if (!stem_device_math_from_name(math_opt, &math_choice))
         cli_usage(cmd, "unknown --math '%s' (use fp32, tf32 or bf16)", math_opt);
     compute_parsed = TRUE;
 }
@@ -103,13 +103,9 @@ void cli_use_device(StemModel *m)
     GError *e = NULL;
     const StemKernels *k = stem_device_open(device_opt, &e);
     if (!k) cli_fail("%s", e->message);
-    int cap = 0;
-    if (offload_opt > 0) {
-        if (stem_config_n_stem(&m->cfg) == 0) cli_fail("--offload: this model has no STEM tables");
-        cap = MAX(1, (int)(offload_opt * m->cfg.vocab + 0.5));
-    }
-    if (math_opt) k->set_math(!g_strcmp0(math_opt, "tf32") ? STEM_MATH_TF32
-                              : !g_strcmp0(math_opt, "bf16") ? STEM_MATH_BF16 : STEM_MATH_FP32);
+    if (offload_opt > 0 && stem_config_n_stem(&m->cfg) == 0) cli_fail("--offload: this model has no STEM tables");
+    int cap = stem_device_offload_capacity(offload_opt, m->cfg.vocab);
+    if (math_opt) k->set_math(math_choice);
     if (k == m->k && cap == m->offload_capacity) return;
     if (!stem_model_set_device(m, k, cap, &e)) cli_fail("%s", e->message);
 }

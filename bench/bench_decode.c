@@ -132,7 +132,7 @@ int main(int argc, char **argv)
     if (!K) return 2;
     pool_init(threads);
     double t_dev0 = bench_now();
-    if (!stem_model_set_device(m, K, bench_offload_capacity(dev.offload, m->cfg.vocab), &err)) {
+    if (!stem_model_set_device(m, K, stem_device_offload_capacity(dev.offload, m->cfg.vocab), &err)) {
         fprintf(stderr, "bench_decode: %s\n", err->message);
         return 1;
     }

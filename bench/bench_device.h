@@ -18,8 +18,6 @@
 #include "engine/model.h"
 #include "engine/offload.h"
 
-#include <math.h>
-
 typedef struct {
     char *device;     /* cpu | cuda | auto (default cpu: what the CPU benchmarks always measured) */
     double offload;   /* fraction of the vocabulary cached on the device; 0 = tables on the device */
@@ -32,19 +30,11 @@ typedef struct {
       "offloaded STEM tables: device cache of F x vocab tokens (0 = tables on the device)", "F" },                \
     { "math", 0, 0, G_OPTION_ARG_STRING, &(o).math, "GEMM precision: fp32 | tf32 | bf16 (fp32)", "M" }
 
-static inline gboolean bench_parse_math(const char *s, StemMath *out)
-{
-    if (!s || !strcmp(s, "fp32")) { *out = STEM_MATH_FP32; return TRUE; }
-    if (!strcmp(s, "tf32")) { *out = STEM_MATH_TF32; return TRUE; }
-    if (!strcmp(s, "bf16")) { *out = STEM_MATH_BF16; return TRUE; }
-    return FALSE;
-}
-
 /* Open the backend and set its math; NULL with a message on stderr. */
 static inline const StemKernels *bench_open_device(const char *prog, const BenchDeviceOpts *o)
 {
     StemMath math;
-    if (!bench_parse_math(o->math, &math)) {
+    if (!stem_device_math_from_name(o->math, &math)) {
         fprintf(stderr, "%s: unknown --math '%s' (fp32, tf32 or bf16)\n", prog, o->math);
         return NULL;
     }
@@ -61,14 +51,6 @@ static inline const StemKernels *bench_open_device(const char *prog, const Bench
     }
     k->set_math(math);
     return k;
-}
-
-/* Cache tokens for --offload F: ceil(F * vocab), at least 1; 0 for F == 0. */
-static inline int bench_offload_capacity(double frac, int vocab)
-{
-    if (frac <= 0) return 0;
-    double c = ceil(frac * vocab);
-    return c < 1 ? 1 : c > vocab ? vocab : (int)c;
 }
 
 /* A JSON string literal (quotes included). */

@@ -123,7 +123,7 @@ int main(int argc, char **argv)
     const StemKernels *K = bench_open_device("bench_topk", &dev);
     if (!K) return 2;
     double t_dev0 = bench_now();
-    if (!stem_model_set_device(m, K, bench_offload_capacity(dev.offload, m->cfg.vocab), &err)) {
+    if (!stem_model_set_device(m, K, stem_device_offload_capacity(dev.offload, m->cfg.vocab), &err)) {
         fprintf(stderr, "bench_topk: %s\n", err->message);
         return 1;
     }

@@ -560,7 +560,7 @@ int main(int argc, char **argv)
 
     const StemKernels *K = bench_open_device("bench_train", &dev);
     if (!K) return 2;
-    const int capacity = bench_offload_capacity(dev.offload, vocab);
+    const int capacity = stem_device_offload_capacity(dev.offload, vocab);
     pool_init(threads);
     StemModel *m = stem_model_new(&c, &err);
     if (!m || !stem_model_alloc_training(m, &err)) {

@@ -2,6 +2,7 @@
 #include "device.h"
 
 #include <gmodule.h>
+#include <math.h>
 
 #ifndef STEM_CUDA_MODULE_BUILD
 #define STEM_CUDA_MODULE_BUILD ""
@@ -20,6 +21,22 @@ static GModule *cuda_module;   /* kept open for the life of the process */
 gboolean stem_device_name_valid(const char *name)
 {
     return !name || !g_strcmp0(name, "cpu") || !g_strcmp0(name, "cuda") || !g_strcmp0(name, "auto");
+}
+
+gboolean stem_device_math_from_name(const char *name, StemMath *out)
+{
+    if (!name || !g_strcmp0(name, "fp32")) *out = STEM_MATH_FP32;
+    else if (!g_strcmp0(name, "tf32")) *out = STEM_MATH_TF32;
+    else if (!g_strcmp0(name, "bf16")) *out = STEM_MATH_BF16;
+    else return FALSE;
+    return TRUE;
+}
+
+int stem_device_offload_capacity(double fraction, int vocab)
+{
+    if (!(fraction > 0)) return 0;
+    double c = ceil(fraction * vocab);
+    return c < 1 ? 1 : c > vocab ? vocab : (int)c;
 }
 
 /* Try one candidate file; on failure append why to `why`. */

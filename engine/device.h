@@ -21,5 +21,10 @@ const StemKernels *stem_device_open(const char *name, GError **error);
 const char *stem_device_cuda_unavailable(void);
 /* TRUE when name is one of cpu, cuda, auto. */
 gboolean stem_device_name_valid(const char *name);
+/* "fp32" (or NULL), "tf32", "bf16" -> *out; FALSE for anything else. */
+gboolean stem_device_math_from_name(const char *name, StemMath *out);
+/* Row-cache tokens for an offload fraction F of the vocabulary (`--offload F`):
+ * ceil(F * vocab) clamped to [1, vocab]; 0 (tables with the weights) for F <= 0. */
+int stem_device_offload_capacity(double fraction, int vocab);
 
 #endif
