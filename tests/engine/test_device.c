@@ -27,6 +27,7 @@
 #include "engine/tables.h"
 #include "engine/train.h"
 #include "kernels/cpu/pool.h"
+#include "model-test-util.h"
 
 static const StemKernels *K;     /* backend under test */
 static gboolean exact;           /* CPU backend: bit-equality expected */
@@ -69,42 +70,6 @@ static StemModel *model_on(guint64 seed, int capacity)
     return m;
 }
 
-static int32_t *random_ids(size_t n, int vocab, guint32 seed)
-{
-    GRand *r = g_rand_new_with_seed(seed);
-    int32_t *ids = g_new(int32_t, n);
-    for (size_t i = 0; i < n; i++) ids[i] = g_rand_int_range(r, 0, vocab);
-    g_rand_free(r);
-    return ids;
-}
-
-static float *all_logits(StemModel *m, const int32_t *ids, int B, int T)
-{
-    stem_model_forward(m, ids, NULL, B, T, FALSE);
-    const int V = m->cfg.vocab;
-    float *out = g_new(float, (size_t)B * T * V);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float *l = stem_model_logits(m, b, t);
-            g_assert_nonnull(l);
-            memcpy(out + ((size_t)b * T + t) * V, l, sizeof(float) * V);
-        }
-    return out;
-}
-
-/* max |a - b| / max(max |b|, 1e-6) */
-static double rel_err(const float *a, const float *b, size_t n)
-{
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) {
-        double x = fabs((double)a[i] - (double)b[i]);
-        if (isnan(x)) return INFINITY;
-        if (x > d) d = x;
-        if (fabs((double)b[i]) > s) s = fabs((double)b[i]);
-    }
-    return d / (s > 1e-6 ? s : 1e-6);
-}
-
 static void expect_close(const char *what, const float *got, const float *ref, size_t n)
 {
     double r = rel_err(got, ref, n);
@@ -128,7 +93,7 @@ static void test_forward_parity(void)
         for (int round = 0; round < 4; round++) {
             const int B = 2, T = 16, N = B * T, V = ref->cfg.vocab;
             int32_t *ids = random_ids(N, V, 100 + round), *tg = random_ids(N, V, 200 + round);
-            float *a = all_logits(ref, ids, B, T), *b = all_logits(m, ids, B, T);
+            float *a = logits_copy(ref, ids, B, T), *b = logits_copy(m, ids, B, T);
             char *what = g_strdup_printf("logits, capacity %d, round %d", caps[c], round);
             expect_close(what, b, a, (size_t)N * V);
             g_free(what);
@@ -174,20 +139,20 @@ static void test_edits_through_cache(void)
     StemModel *ref = tiny_model(5);
     StemModel *m = model_on(5, SMALL_CACHE);
     /* warm the cache with the prompt, so the edited token is resident */
-    float *before = all_logits(m, ids, B, T);
-    float *ref_before = all_logits(ref, ids, B, T);
+    float *before = logits_copy(m, ids, B, T);
+    float *ref_before = logits_copy(ref, ids, B, T);
     expect_close("before the edit", before, ref_before, (size_t)T * V);
 
     swap_rows(ref, ids[3], 42);
     swap_rows(m, ids[3], 42);
-    float *after = all_logits(m, ids, B, T), *ref_after = all_logits(ref, ids, B, T);
+    float *after = logits_copy(m, ids, B, T), *ref_after = logits_copy(ref, ids, B, T);
     expect_close("after the edit", after, ref_after, (size_t)T * V);
     /* and the edit changed something from position 3 on */
     g_assert_cmpfloat(rel_err(after, before, (size_t)T * V), >, 1e-3);
 
     stem_tables_clear_all_overrides(ref->tables);
     stem_tables_clear_all_overrides(m->tables);
-    float *reverted = all_logits(m, ids, B, T);
+    float *reverted = logits_copy(m, ids, B, T);
     expect_close("after the revert", reverted, ref_before, (size_t)T * V);
     if (exact) g_assert_cmpint(memcmp(reverted, before, sizeof(float) * T * V), ==, 0);
     g_free(before); g_free(ref_before); g_free(after); g_free(ref_after); g_free(reverted); g_free(ids);

@@ -24,6 +24,7 @@
 #include "engine/tokenizer.h"
 #include "engine/train.h"
 #include "kernels/cpu/pool.h"
+#include "model-test-util.h"
 
 static char *tmp_dir;
 
@@ -57,15 +58,6 @@ static StemModel *tiny_model(const StemConfig *c, guint64 seed)
     return m;
 }
 
-static int32_t *random_ids(size_t n, int vocab, guint32 seed)
-{
-    GRand *r = g_rand_new_with_seed(seed);
-    int32_t *ids = g_new(int32_t, n);
-    for (size_t i = 0; i < n; i++) ids[i] = g_rand_int_range(r, 0, vocab);
-    g_rand_free(r);
-    return ids;
-}
-
 /* A small byte-level tokenizer with a few merges (vocab < 300). */
 static StemTokenizer *small_tokenizer(void)
 {
@@ -77,34 +69,6 @@ static StemTokenizer *small_tokenizer(void)
     g_assert_cmpint(stem_tokenizer_vocab_size(t), <=, 280);
     g_assert_cmpint(stem_tokenizer_vocab_size(t), >, STEM_TOK_N_BASE);
     return t;
-}
-
-/* Full logits [B*T, V] of a forward without targets (copied). */
-static float *logits_copy(StemModel *m, const int32_t *ids, int B, int T)
-{
-    stem_model_forward(m, ids, NULL, B, T, FALSE);
-    const int V = m->cfg.vocab;
-    float *out = g_new(float, (size_t)B * T * V);
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float *l = stem_model_logits(m, b, t);
-            g_assert_nonnull(l);
-            memcpy(out + ((size_t)b * T + t) * V, l, sizeof(float) * V);
-        }
-    return out;
-}
-
-/* max |a - b| / max(max |b|, 1e-6) */
-static double rel_err(const float *a, const float *b, size_t n)
-{
-    double d = 0, s = 0;
-    for (size_t i = 0; i < n; i++) {
-        double x = fabs((double)a[i] - (double)b[i]);
-        if (isnan(x)) return INFINITY;
-        if (x > d) d = x;
-        if (fabs((double)b[i]) > s) s = fabs((double)b[i]);
-    }
-    return d / (s > 1e-6 ? s : 1e-6);
 }
 
 /* ================================================================== config */
