@@ -59,6 +59,7 @@ static char *human_bytes(double b)
 typedef struct {
     int batches;
     double ms_on_device, ms_offloaded;
+    double hit_rate;   /* of the store's own lookups */
     StemOffloadStats st;
 } RunResult;
 
@@ -111,6 +112,7 @@ static void timed_runs(StemModel *m, const int32_t *ids, size_t n_ids, int len, 
     if (!quiet) fprintf(stderr, "run: %d batches offloaded (cache of %d tokens)\n", n, capacity);
     r->ms_offloaded = forward_pass(m, ids, n_ids, len, batch, n, TRUE, cur, next);
     stem_offload_stats(m->offload, &r->st);
+    r->hit_rate = r->st.cache.lookups ? (double)r->st.cache.hits / (double)r->st.cache.lookups : 0;
     g_free(cur);
     g_free(next);
 }
@@ -218,7 +220,7 @@ static int bench_offload(int argc, char **argv)
             add_double(b, "ms_per_batch_on_device", run.ms_on_device);
             add_double(b, "ms_per_batch_offloaded", run.ms_offloaded);
             add_double(b, "offloaded_over_on_device", run.ms_offloaded / run.ms_on_device);
-            add_double(b, "hit_rate", run.st.cache.lookups ? (double)run.st.cache.hits / run.st.cache.lookups : 0);
+            add_double(b, "hit_rate", run.hit_rate);
             add_double(b, "dedup_saving", run.st.dedup_saving);
             add_int(b, "bytes_moved", (gint64)run.st.cache.bytes_moved);
             add_int(b, "device_slots", run.st.slots);
@@ -285,7 +287,7 @@ static int bench_offload(int argc, char **argv)
             printf("  on-device    %.2f ms per batch (all rows resident)\n", run.ms_on_device);
             printf("  offloaded    %.2f ms per batch (%.3fx): hit rate %.2f%%, %s moved, %d device slots\n",
                    run.ms_offloaded, run.ms_offloaded / run.ms_on_device,
-                   run.st.cache.lookups ? 100.0 * run.st.cache.hits / run.st.cache.lookups : 0, h, run.st.slots);
+                   100 * run.hit_rate, h, run.st.slots);
             printf("  copies       %.1f ms copying, %.1f ms of compute stalled on them: overlap %.1f%%%s\n",
                    run.st.copy_ms, run.st.stall_ms, 100 * run.st.overlap,
                    m->k->is_host ? " (the CPU backend copies synchronously: no overlap by design)" : "");
