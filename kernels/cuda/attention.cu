@@ -3,108 +3,210 @@
  * att[B, nh, T, T] (upper triangle written as 0) and the backward reads them.
  *
  * Layouts: q, out, dq [B*T, nh*hd]; k, v, dk, dv [B*T, nkv*hd]; query head h
- * reads kv head h / (nh / nkv); scale = 1 / sqrt(hd).
+ * reads kv head h / (nh / nkv); scale = 1 / sqrt(hd). dq, dk, dv are
+ * OVERWRITTEN; the backward's scratch [B, nh, T, T] ends up holding dS.
  *
- * Plain kernels, no tensor cores: one block per query row (b, h, t) for the
- * forward and for dQ, one block per key row (b, kv head, u) for dK and dV. The
- * key-row kernel sums over the query heads of its group and over t itself, so
- * dK/dV need no atomics and are OVERWRITTEN, as the contract says. Scores of one
- * row live in shared memory: T floats (T up to ~11,000 fits the default 48 KiB;
- * more asks for the opt-in limit). Work is O(T^2 hd) like the CPU's. */
+ * The O(T^2 hd) work runs as cuBLAS batched GEMMs (tensor cores in the tf32 /
+ * bf16 math modes, like the linear layers); two small row kernels do the
+ * causal softmax and its backward. One batch entry per matrix product of one
+ * (batch, head): a batch index b*nh + h cannot be one stride into q
+ * ([B, T, nh, hd]: b steps T*nh*hd, h steps hd) and GQA maps h to h / grp, so
+ * the calls take device arrays of pointers, built by a tiny kernel into
+ * scratch (SCRATCH_ATTN_PTRS): no host allocation, no upload, no sync.
+ *
+ * Causal skipping: the T query rows are cut into nblk row blocks of Tb rows.
+ * Query block [t0, t1) only needs keys [0, t1), and key block [u0, u1) only
+ * gets gradient from queries [u0, T): each block is its own batched GEMM over
+ * the smaller extent, which does (nblk + 1) / (2 nblk) of the full T x T work.
+ * The entries a block computes above the diagonal (u in (t, t1)) are never read
+ * by the softmax kernels, which then write 0 to every u > t, so the later
+ * GEMMs that read P or dS over a whole block see exact zeros there.
+ *
+ * Row-major <-> column-major (cuBLAS): a row-major [r, c] matrix with leading
+ * dimension ld IS the column-major [c, r] matrix (its transpose) with the same
+ * ld, no copy. Per (b, h), with qs = nh*hd, ks = nkv*hd:
+ *   Q, dO, O, dQ   row-major [T, hd] ld qs   = col-major Q^T  [hd, T] ld qs
+ *   K, V, dK, dV   row-major [T, hd] ld ks   = col-major K^T  [hd, T] ld ks
+ *   S, P, dP, dS   row-major [T, T]  ld T    = col-major S^T  [T, T]  ld T
+ * and the sub-matrix starting at row r0 (col c0) starts at ptr + r0*ld (+ c0).
+ *
+ * Forward, query block [t0, t1), nt = t1 - t0:
+ *   S[t0:t1, 0:t1] = scale Q[t0:t1] K[0:t1]^T
+ *     col-major: S^T[0:t1, t0:t1] (t1 x nt) = K[0:t1] (t1 x hd) . Q[t0:t1]^T (hd x nt)
+ *     K's storage is K^T (hd x t1, ld ks), so op(A) = T; Q's storage is Q^T: op(B) = N
+ *     -> gemm(T, N, m=t1, n=nt, k=hd, alpha=scale, A=K lda=ks, B=Q+t0*qs ldb=qs, C=S+t0*T ldc=T)
+ *   O[t0:t1] = P[t0:t1, 0:t1] V[0:t1]
+ *     col-major: O^T (hd x nt) = V^T (hd x t1) . P^T[0:t1, t0:t1] (t1 x nt); both stored so
+ *     -> gemm(N, N, m=hd, n=nt, k=t1, A=V lda=ks, B=P+t0*T ldb=T, C=O+t0*qs ldc=qs)
+ * Backward, query block [t0, t1):
+ *   dP[t0:t1, 0:t1] = dO[t0:t1] V[0:t1]^T        (as S: Q -> dO, K -> V, alpha 1)
+ *     -> gemm(T, N, m=t1, n=nt, k=hd, A=V lda=ks, B=dO+t0*qs ldb=qs, C=dS+t0*T ldc=T)
+ *   dQ[t0:t1] = dS[t0:t1, 0:t1] K[0:t1]          (as O: V -> K, P -> dS)
+ *     -> gemm(N, N, m=hd, n=nt, k=t1, A=K lda=ks, B=dS+t0*T ldb=T, C=dQ+t0*qs ldc=qs)
+ * Backward, key block [u0, u1), nu = u1 - u0, kk = T - u0, for each head g of the group:
+ *   dV[u0:u1] (+)= P[u0:T, u0:u1]^T dO[u0:T]
+ *     col-major: dV^T (hd x nu) = dO^T[:, u0:T] (hd x kk) . P[u0:T, u0:u1] (kk x nu)
+ *     dO's storage from row u0 is dO^T (hd x kk, ld qs): op(A) = N. P's storage from
+ *     (u0, u0) read column-major is P[u0:T, u0:u1]^T (nu x kk, ld T): op(B) = T
+ *     -> gemm(N, T, m=hd, n=nu, k=kk, A=dO+u0*qs lda=qs, B=P+u0*T+u0 ldb=T, C=dV+u0*ks ldc=ks)
+ *   dK[u0:u1] (+)= dS[u0:T, u0:u1]^T Q[u0:T]     (as dV: dO -> Q, P -> dS)
+ * Rows t < u0 are skipped because P and dS are 0 for t < u.
+ *
+ * GQA: the query heads of a group write the same dK/dV rows, so batched entries
+ * must not share an output. dK/dV run per head g of the group, batched over
+ * (b, kv head), head g = 0 with beta 0 (overwrite) and the rest with beta 1:
+ * the CPU's sum in head order, and no atomics.
+ *
+ * Precision: inputs and outputs stay fp32; the GEMMs use g_cu.gemm_compute,
+ * except that cuBLAS wants every pointer of a pointer-array call 16-byte
+ * aligned in the fast (tf32/bf16) modes and cannot check device-side arrays,
+ * so shapes whose pointers are not (hd or T*T not a multiple of 4, say) fall
+ * back to exact fp32. The softmax is always fp32 (expf, as the CPU). */
 #include "cuda_internal.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#define ATT_THREADS 128   /* 4 warps per query row */
+#define BATCH_MAX 65535   /* matrices per batched GEMM call (slices beyond: old cuBLAS grid.z limits) */
+#define ROW_WARPS 8       /* softmax kernels: one warp per row, 8 rows per block */
 
-/* Dynamic shared memory for a row kernel: hd + T floats. Up to 46 KiB fits
- * the default 48 KiB per block beside the kernels' static 128-byte `red`;
- * more needs the per-kernel opt-in (up to ~227 KiB on sm_90). */
-static size_t row_smem(int T, int hd, const void *kernel)
+static void check_shape(int B, int T, int nh, int nkv, int hd)
 {
-    const size_t static_reserve = 1024;
-    size_t bytes = sizeof(float) * ((size_t)hd + (size_t)T);
-    if (bytes > 46 * 1024) {
-        if (bytes + static_reserve > (size_t)g_cu.max_smem_optin) {
-            fprintf(stderr, "stem: cuda error: attention: T=%d, hd=%d need %zu bytes of shared memory, "
-                    "the device allows %d\n", T, hd, bytes, g_cu.max_smem_optin);
-            abort();
-        }
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    }
-    return bytes;
-}
-
-#define GRID_YZ_MAX 65535   /* gridDim.y and gridDim.z limit */
-
-static void check_heads(int nh, int nkv)
-{
-    if (nh > GRID_YZ_MAX) {   /* heads are grid.y */
-        fprintf(stderr, "stem: cuda error: attention: nh=%d heads exceed the grid limit %d\n", nh, GRID_YZ_MAX);
+    if (nkv <= 0 || nh % nkv != 0) {
+        fprintf(stderr, "stem: cuda error: attention: nh=%d is not a multiple of nkv=%d\n", nh, nkv);
         abort();
     }
-    if (nkv > 0 && nh % nkv == 0) return;
-    fprintf(stderr, "stem: cuda error: attention: nh=%d is not a multiple of nkv=%d\n", nh, nkv);
-    abort();
+    /* cuBLAS sizes, leading dimensions and batch counts are ints */
+    if ((long long)nh * hd > INT_MAX || (long long)B * nh > INT_MAX) {
+        fprintf(stderr, "stem: cuda error: attention: B=%d T=%d nh=%d hd=%d exceed cuBLAS int sizes\n", B, T, nh, hd);
+        abort();
+    }
 }
 
-/* grid (T, nh, B): query row t of head h in batch b.
- *   s[u] = scale q_t . k_u (u <= t), p = softmax(s), att row = p (0 for u > t),
- *   out_t = sum_u p[u] v_u. */
-__global__ void attn_fwd_k(float *out, float *att, const float *q, const float *k, const float *v,
-                           int T, int nh, int nkv, int hd, float scale)
+/* Row blocks for the causal skip: about 128 rows each, at most 16 blocks (each
+ * block is one more GEMM launch per product), Tb a multiple of 32 so that the
+ * block offsets t0*T, t0*qs, u0*(T+1) keep 16-byte alignment. T <= 191 is one
+ * block: the launches would cost more than the skipped work. */
+static void row_blocks(int T, int *tb, int *nblk)
 {
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    float *qrow = sm;        /* [hd] */
-    float *s = sm + hd;      /* [T], entries 0..t used */
-    const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int kh = h / (nh / nkv);
-    const size_t qst = (size_t)nh * hd, kst = (size_t)nkv * hd;
-    const float *qr = q + ((size_t)b * T + t) * qst + (size_t)h * hd;
-    const float *kb = k + (size_t)b * T * kst + (size_t)kh * hd;
-    const float *vb = v + (size_t)b * T * kst + (size_t)kh * hd;
-    float *arow = att + (((size_t)b * nh + h) * T + t) * (size_t)T;
-    float *orow = out + ((size_t)b * T + t) * qst + (size_t)h * hd;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
+    int n = T / 128;
+    if (n < 1) n = 1;
+    if (n > 16) n = 16;
+    int b = (T + n - 1) / n;
+    b = (b + 31) / 32 * 32;
+    *tb = b;
+    *nblk = (T + b - 1) / b;
+}
 
-    for (int d = tid; d < hd; d += blockDim.x) qrow[d] = qr[d];
-    __syncthreads();
+/* One pointer array per operand: entry i of batch (i = b*J + j; query head
+ * h = j*hmul + hadd, kv head kh = h / grp) in row block blk points at
+ *   base + b*sb + h*sh + kh*skh + blk*Tb*srow. */
+struct PtrSpec {
+    const float *base;
+    long long sb, sh, skh, srow;
+};
+#define MAX_SPECS 6
+struct PtrSpecs {
+    PtrSpec s[MAX_SPECS];
+};
 
-    /* scores: one warp per key, lanes across hd (coalesced key reads) */
-    for (int u = warp; u <= t; u += nwarps) {
-        const float *kr = kb + (size_t)u * kst;
-        float acc = 0.0f;
-        for (int d = lane; d < hd; d += 32) acc += qrow[d] * kr[d];
-        acc = warp_sum(acc);
-        if (lane == 0) s[u] = acc * scale;
+/* out[(blk*nspec + s)*batch + i] for blk < nblk, s < nspec, i < batch */
+__global__ void attn_ptrs_k(void **out, PtrSpecs specs, int nspec, int batch, int J, int hmul, int hadd, int grp,
+                            int nblk, int Tb)
+{
+    const size_t n = (size_t)nblk * nspec * batch;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % (size_t)batch);
+        const size_t rest = idx / (size_t)batch;
+        const int s = (int)(rest % (size_t)nspec), blk = (int)(rest / (size_t)nspec);
+        const long long b = i / J, j = i % J;
+        const long long h = j * hmul + hadd, kh = h / grp;
+        const PtrSpec p = specs.s[s];
+        out[idx] = (void *)(p.base + b * p.sb + h * p.sh + kh * p.skh + (long long)blk * Tb * p.srow);
     }
-    __syncthreads();
+}
 
-    float mx = -INFINITY;
-    for (int u = tid; u <= t; u += blockDim.x) mx = fmaxf(mx, s[u]);
-    mx = block_max(mx, red);
-    float sum = 0.0f;
-    for (int u = tid; u <= t; u += blockDim.x) {
-        const float e = expf(s[u] - mx);
-        s[u] = e;
-        sum += e;
+/* Fills nblk*nspec*batch pointers at out; returns whether all of them are
+ * 16-byte aligned (every base aligned, every step a multiple of 4 floats). */
+static int build_ptrs(void **out, const PtrSpec *specs, int nspec, int batch, int J, int hmul, int hadd, int grp,
+                      int nblk, int Tb)
+{
+    PtrSpecs ps = {};
+    int aligned = 1;
+    for (int s = 0; s < nspec; s++) {
+        ps.s[s] = specs[s];
+        const PtrSpec &p = specs[s];
+        if (((uintptr_t)p.base & 15) || (p.sb & 3) || (p.sh & 3) || (p.skh & 3) || (((long long)Tb * p.srow) & 3))
+            aligned = 0;
     }
-    sum = block_sum(sum, red);   /* its barriers also publish the s[u] writes */
-    const float inv = 1.0f / sum;
-    for (int u = tid; u < T; u += blockDim.x) {
-        const float p = u <= t ? s[u] * inv : 0.0f;
-        if (u <= t) s[u] = p;
-        arow[u] = p;
-    }
-    __syncthreads();
+    const size_t n = (size_t)nblk * nspec * batch;
+    attn_ptrs_k<<<ew_blocks(n), EW_THREADS, 0, g_cu.compute>>>(out, ps, nspec, batch, J, hmul, hadd, grp, nblk, Tb);
+    LAUNCH_CHECK();
+    return aligned;
+}
 
-    /* out_t[d] = sum_u p[u] v_u[d]: threads across d (coalesced value reads) */
-    for (int d = tid; d < hd; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int u = 0; u <= t; u++) acc += s[u] * vb[(size_t)u * kst + d];
-        orow[d] = acc;
+/* C_i = alpha op(A_i) op(B_i) + beta C_i (column-major) for the `batch`
+ * pointer triples, in slices of at most BATCH_MAX. */
+static void gemm_batched(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha, void **A,
+                         int lda, void **Bm, int ldb, float beta, void **Cm, int ldc, int batch,
+                         cublasComputeType_t compute)
+{
+    for (int c0 = 0; c0 < batch; c0 += BATCH_MAX) {
+        const int cnt = batch - c0 < BATCH_MAX ? batch - c0 : BATCH_MAX;
+        CUBLAS_CHECK(cublasGemmBatchedEx(g_cu.blas, ta, tb, m, n, k, &alpha, (const void *const *)(A + c0),
+                                         CUDA_R_32F, lda, (const void *const *)(Bm + c0), CUDA_R_32F, ldb, &beta,
+                                         Cm + c0, CUDA_R_32F, ldc, cnt, compute, CUBLAS_GEMM_DEFAULT));
+    }
+    if (g_cu.debug_sync) CUDA_CHECK(cudaStreamSynchronize(g_cu.compute));
+}
+
+static unsigned row_grid(size_t rows)
+{
+    size_t b = (rows + ROW_WARPS - 1) / ROW_WARPS;
+    return (unsigned)(b < 1048576 ? b : 1048576);   /* grid-stride over the rest */
+}
+
+/* One warp per row r of att [rows, T] (rows = B*nh*T, query position t = r % T):
+ * the scaled scores S[r, 0..t] (computed by the GEMM; entries past t are
+ * garbage and never read) become softmax probabilities, and every u > t is
+ * written as 0. As the CPU: mx = max, e = expf(s - mx), p = e * (1 / sum e).
+ * u = 0 <= t always exists, so mx is finite and no -inf - -inf arises; lanes
+ * holding no entry contribute -inf to the max and 0 to the sum. */
+__global__ void attn_softmax_k(float *att, size_t rows, int T)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t nw = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t r = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += nw) {
+        const int t = (int)(r % (size_t)T);
+        float *row = att + r * (size_t)T;
+        float mx = -INFINITY;
+        for (int u = lane; u <= t; u += 32) mx = fmaxf(mx, row[u]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int u = lane; u <= t; u += 32) sum += expf(row[u] - mx);
+        sum = warp_sum(sum);
+        const float inv = 1.0f / sum;
+        /* each lane reads then writes only its own entries */
+        for (int u = lane; u < T; u += 32) row[u] = u <= t ? expf(row[u] - mx) * inv : 0.0f;
+    }
+}
+
+/* One warp per row r: dP (in ds, from the GEMM) becomes
+ *   dS[u] = P[u] (dP[u] - sum_{u' <= t} P[u'] dP[u']) scale   for u <= t, 0 above,
+ * in the CPU's order of operations. Reads only u <= t of both rows. */
+__global__ void attn_softmax_bwd_k(float *ds, const float *att, size_t rows, int T, float scale)
+{
+    const int lane = threadIdx.x & 31;
+    const size_t nw = (size_t)gridDim.x * (blockDim.x >> 5);
+    for (size_t r = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += nw) {
+        const int t = (int)(r % (size_t)T);
+        const float *p = att + r * (size_t)T;
+        float *d = ds + r * (size_t)T;
+        float dot = 0.0f;
+        for (int u = lane; u <= t; u += 32) dot += p[u] * d[u];
+        dot = warp_sum(dot);
+        for (int u = lane; u < T; u += 32) d[u] = u <= t ? p[u] * (d[u] - dot) * scale : 0.0f;
     }
 }
 
@@ -112,95 +214,42 @@ void cu_attention_forward(float *out, float *att, const float *q, const float *k
                           int B, int T, int nh, int nkv, int hd)
 {
     if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
-    check_heads(nh, nkv);
-    const size_t smem = row_smem(T, hd, (const void *)attn_fwd_k);
-    /* grid.z = batch is limited to 65535: larger B runs in slices of batches */
-    for (int b0 = 0; b0 < B; b0 += GRID_YZ_MAX) {
-        const int nb = B - b0 < GRID_YZ_MAX ? B - b0 : GRID_YZ_MAX;
-        const size_t qo = (size_t)b0 * T * nh * hd, ko = (size_t)b0 * T * nkv * hd, ao = (size_t)b0 * nh * T * T;
-        dim3 grid(T, nh, nb);
-        attn_fwd_k<<<grid, ATT_THREADS, smem, g_cu.compute>>>(out + qo, att + ao, q + qo, k + ko, v + ko, T, nh,
-                                                               nkv, hd, 1.0f / sqrtf((float)hd));
-        LAUNCH_CHECK();
+    check_shape(B, T, nh, nkv, hd);
+    const int grp = nh / nkv, batch = B * nh;
+    const long long qs = (long long)nh * hd, ks = (long long)nkv * hd, TT = (long long)T * T;
+    int Tb, nblk;
+    row_blocks(T, &Tb, &nblk);
+
+    /* batch entry i = b*nh + h */
+    enum { PK, PQ, PS, PV, PO, NSPEC };
+    const PtrSpec specs[NSPEC] = {
+        /* base          sb          sh       skh  srow */
+        { k,             T * ks,     0,       hd,  0 },    /* K[0:t1]: from row 0 in every block */
+        { q,             T * qs,     hd,      0,   qs },   /* Q[t0:t1] */
+        { att,           nh * TT,    TT,      0,   T },    /* S/P rows t0.. of head (b, h) */
+        { v,             T * ks,     0,       hd,  0 },    /* V[0:t1] */
+        { out,           T * qs,     hd,      0,   qs },   /* O[t0:t1] */
+    };
+    void **ptrs = (void **)stem_cuda_scratch(SCRATCH_ATTN_PTRS, sizeof(void *) * (size_t)nblk * NSPEC * batch);
+    const int aligned = build_ptrs(ptrs, specs, NSPEC, batch, nh, 1, 0, grp, nblk, Tb);
+    const cublasComputeType_t compute = aligned ? g_cu.gemm_compute : CUBLAS_COMPUTE_32F;
+#define P_(blk, s) (ptrs + ((size_t)(blk) * NSPEC + (s)) * batch)
+
+    const float scale = 1.0f / sqrtf((float)hd);
+    for (int blk = 0; blk < nblk; blk++) {
+        const int t0 = blk * Tb, t1 = t0 + Tb < T ? t0 + Tb : T;
+        gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, t1, t1 - t0, hd, scale, P_(blk, PK), (int)ks, P_(blk, PQ), (int)qs,
+                     0.0f, P_(blk, PS), T, batch, compute);
     }
-}
-
-/* grid (T, nh, B): query row t of head h.
- *   dP[u] = dO_t . v_u, dS[u] = P[u] (dP[u] - sum_u' P[u'] dP[u']) scale (0 for u > t)
- *   dS row -> scratch (read by the key-row kernel), dQ_t = sum_u dS[u] k_u (overwritten). */
-__global__ void attn_bwd_q_k(float *dq, float *scratch, const float *dout, const float *att, const float *k,
-                             const float *v, int T, int nh, int nkv, int hd, float scale)
-{
-    extern __shared__ float sm[];
-    __shared__ float red[32];
-    float *dorow = sm;       /* [hd] */
-    float *ds = sm + hd;     /* [T] */
-    const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int kh = h / (nh / nkv);
-    const size_t qst = (size_t)nh * hd, kst = (size_t)nkv * hd;
-    const size_t arow_off = (((size_t)b * nh + h) * T + t) * (size_t)T;
-    const float *prow = att + arow_off;
-    float *srow = scratch + arow_off;
-    const float *dor = dout + ((size_t)b * T + t) * qst + (size_t)h * hd;
-    const float *kb = k + (size_t)b * T * kst + (size_t)kh * hd;
-    const float *vb = v + (size_t)b * T * kst + (size_t)kh * hd;
-    float *dqr = dq + ((size_t)b * T + t) * qst + (size_t)h * hd;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = blockDim.x >> 5;
-
-    for (int d = tid; d < hd; d += blockDim.x) dorow[d] = dor[d];
-    __syncthreads();
-
-    for (int u = warp; u <= t; u += nwarps) {
-        const float *vr = vb + (size_t)u * kst;
-        float acc = 0.0f;
-        for (int d = lane; d < hd; d += 32) acc += dorow[d] * vr[d];
-        acc = warp_sum(acc);
-        if (lane == 0) ds[u] = acc;
+    const size_t rows = (size_t)batch * T;
+    attn_softmax_k<<<row_grid(rows), ROW_WARPS * 32, 0, g_cu.compute>>>(att, rows, T);
+    LAUNCH_CHECK();
+    for (int blk = 0; blk < nblk; blk++) {
+        const int t0 = blk * Tb, t1 = t0 + Tb < T ? t0 + Tb : T;
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hd, t1 - t0, t1, 1.0f, P_(blk, PV), (int)ks, P_(blk, PS), T,
+                     0.0f, P_(blk, PO), (int)qs, batch, compute);
     }
-    __syncthreads();
-
-    float dot = 0.0f;
-    for (int u = tid; u <= t; u += blockDim.x) dot += prow[u] * ds[u];
-    dot = block_sum(dot, red);
-    for (int u = tid; u < T; u += blockDim.x) {
-        const float g = u <= t ? prow[u] * (ds[u] - dot) * scale : 0.0f;
-        if (u <= t) ds[u] = g;
-        srow[u] = g;
-    }
-    __syncthreads();
-
-    for (int d = tid; d < hd; d += blockDim.x) {
-        float acc = 0.0f;
-        for (int u = 0; u <= t; u++) acc += ds[u] * kb[(size_t)u * kst + d];
-        dqr[d] = acc;
-    }
-}
-
-/* grid (T, nkv, B): key row u of kv head kh. Threads across d.
- *   dV_u = sum_{h in group} sum_{t >= u} P_h[t,u] dO_h,t
- *   dK_u = sum_{h in group} sum_{t >= u} dS_h[t,u] q_h,t      (both overwritten) */
-__global__ void attn_bwd_kv_k(float *dk, float *dv, const float *scratch, const float *dout, const float *att,
-                              const float *q, int T, int nh, int nkv, int hd)
-{
-    const int u = blockIdx.x, kh = blockIdx.y, b = blockIdx.z;
-    const int grp = nh / nkv;
-    const size_t qst = (size_t)nh * hd, kst = (size_t)nkv * hd;
-    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
-        float dk_acc = 0.0f, dv_acc = 0.0f;
-        for (int g = 0; g < grp; g++) {
-            const int h = kh * grp + g;
-            const size_t head_off = ((size_t)b * nh + h) * T * (size_t)T;   /* att/scratch of (b, h) */
-            for (int t = u; t < T; t++) {
-                const size_t a = head_off + (size_t)t * T + u;             /* same for every thread: broadcast */
-                const size_t qi = ((size_t)b * T + t) * qst + (size_t)h * hd + d;
-                dv_acc += att[a] * dout[qi];
-                dk_acc += scratch[a] * q[qi];
-            }
-        }
-        const size_t ki = ((size_t)b * T + u) * kst + (size_t)kh * hd + d;
-        dk[ki] = dk_acc;
-        dv[ki] = dv_acc;
-    }
+#undef P_
 }
 
 void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
@@ -208,22 +257,70 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
                            int B, int T, int nh, int nkv, int hd)
 {
     if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
-    check_heads(nh, nkv);
-    const size_t smem = row_smem(T, hd, (const void *)attn_bwd_q_k);
-    /* threads: hd rounded up to whole warps, at most 256 (the kernel loops over the rest) */
-    int kv_threads = (hd + 31) / 32 * 32;
-    if (kv_threads > 256) kv_threads = 256;
-    /* grid.z = batch is limited to 65535: larger B runs in slices of batches */
-    for (int b0 = 0; b0 < B; b0 += GRID_YZ_MAX) {
-        const int nb = B - b0 < GRID_YZ_MAX ? B - b0 : GRID_YZ_MAX;
-        const size_t qo = (size_t)b0 * T * nh * hd, ko = (size_t)b0 * T * nkv * hd, ao = (size_t)b0 * nh * T * T;
-        dim3 qgrid(T, nh, nb);
-        attn_bwd_q_k<<<qgrid, ATT_THREADS, smem, g_cu.compute>>>(dq + qo, scratch + ao, dout + qo, att + ao, k + ko,
-                                                                  v + ko, T, nh, nkv, hd, 1.0f / sqrtf((float)hd));
-        LAUNCH_CHECK();
-        dim3 kvgrid(T, nkv, nb);
-        attn_bwd_kv_k<<<kvgrid, kv_threads, 0, g_cu.compute>>>(dk + ko, dv + ko, scratch + ao, dout + qo, att + ao,
-                                                                q + qo, T, nh, nkv, hd);
-        LAUNCH_CHECK();
+    check_shape(B, T, nh, nkv, hd);
+    const int grp = nh / nkv, qbatch = B * nh, kvbatch = B * nkv;
+    const long long qs = (long long)nh * hd, ks = (long long)nkv * hd, TT = (long long)T * T;
+    int Tb, nblk;
+    row_blocks(T, &Tb, &nblk);
+
+    /* query-side products, batch entry i = b*nh + h, query blocks */
+    enum { QV, QDO, QDS, QK, QDQ, NQ };
+    const PtrSpec qspecs[NQ] = {
+        /* base          sb          sh       skh  srow */
+        { v,             T * ks,     0,       hd,  0 },    /* V[0:t1] */
+        { dout,          T * qs,     hd,      0,   qs },   /* dO[t0:t1] */
+        { scratch,       nh * TT,    TT,      0,   T },    /* dP/dS rows t0.. */
+        { k,             T * ks,     0,       hd,  0 },    /* K[0:t1] */
+        { dq,            T * qs,     hd,      0,   qs },   /* dQ[t0:t1] */
+    };
+    /* key-side products for head g of each group, batch entry i = b*nkv + kh
+     * (query head kh*grp + g), key blocks: row u0 of the [T, hd] operands, and
+     * (u0, u0) of the [T, T] ones (srow T + 1) */
+    enum { KDO, KP, KDV, KQ, KDS, KDK, NK };
+    const PtrSpec kspecs[NK] = {
+        { dout,          T * qs,     hd,      0,   qs },   /* dO[u0:T] */
+        { att,           nh * TT,    TT,      0,   T + 1 },/* P[u0:T, u0:u1] */
+        { dv,            T * ks,     0,       hd,  ks },   /* dV[u0:u1] */
+        { q,             T * qs,     hd,      0,   qs },   /* Q[u0:T] */
+        { scratch,       nh * TT,    TT,      0,   T + 1 },/* dS[u0:T, u0:u1] */
+        { dk,            T * ks,     0,       hd,  ks },   /* dK[u0:u1] */
+    };
+    const size_t nq = (size_t)nblk * NQ * qbatch, nk = (size_t)nblk * NK * kvbatch;   /* nk per head g */
+    void **ptrs = (void **)stem_cuda_scratch(SCRATCH_ATTN_PTRS, sizeof(void *) * (nq + (size_t)grp * nk));
+    int aligned = build_ptrs(ptrs, qspecs, NQ, qbatch, nh, 1, 0, grp, nblk, Tb);
+    for (int g = 0; g < grp; g++)
+        aligned &= build_ptrs(ptrs + nq + (size_t)g * nk, kspecs, NK, kvbatch, nkv, grp, g, grp, nblk, Tb);
+    const cublasComputeType_t compute = aligned ? g_cu.gemm_compute : CUBLAS_COMPUTE_32F;
+#define PQ_(blk, s) (ptrs + ((size_t)(blk) * NQ + (s)) * qbatch)
+#define PK_(g, blk, s) (ptrs + nq + (size_t)(g) * nk + ((size_t)(blk) * NK + (s)) * kvbatch)
+
+    /* dP = dO V^T into scratch, then dS in place */
+    for (int blk = 0; blk < nblk; blk++) {
+        const int t0 = blk * Tb, t1 = t0 + Tb < T ? t0 + Tb : T;
+        gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, t1, t1 - t0, hd, 1.0f, PQ_(blk, QV), (int)ks, PQ_(blk, QDO), (int)qs,
+                     0.0f, PQ_(blk, QDS), T, qbatch, compute);
     }
+    const size_t rows = (size_t)qbatch * T;
+    attn_softmax_bwd_k<<<row_grid(rows), ROW_WARPS * 32, 0, g_cu.compute>>>(scratch, att, rows, T,
+                                                                             1.0f / sqrtf((float)hd));
+    LAUNCH_CHECK();
+    /* dQ = dS K (overwrite) */
+    for (int blk = 0; blk < nblk; blk++) {
+        const int t0 = blk * Tb, t1 = t0 + Tb < T ? t0 + Tb : T;
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hd, t1 - t0, t1, 1.0f, PQ_(blk, QK), (int)ks, PQ_(blk, QDS), T,
+                     0.0f, PQ_(blk, QDQ), (int)qs, qbatch, compute);
+    }
+    /* dV = sum_g P_g^T dO_g, dK = sum_g dS_g^T Q_g: g = 0 overwrites, the rest add */
+    for (int g = 0; g < grp; g++) {
+        const float beta = g == 0 ? 0.0f : 1.0f;
+        for (int blk = 0; blk < nblk; blk++) {
+            const int u0 = blk * Tb, u1 = u0 + Tb < T ? u0 + Tb : T;
+            gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, u1 - u0, T - u0, 1.0f, PK_(g, blk, KDO), (int)qs,
+                         PK_(g, blk, KP), T, beta, PK_(g, blk, KDV), (int)ks, kvbatch, compute);
+            gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, u1 - u0, T - u0, 1.0f, PK_(g, blk, KQ), (int)qs,
+                         PK_(g, blk, KDS), T, beta, PK_(g, blk, KDK), (int)ks, kvbatch, compute);
+        }
+    }
+#undef PQ_
+#undef PK_
 }

@@ -54,7 +54,8 @@ static inline unsigned ew_blocks(size_t n)
 /* Device scratch that grows on demand and is never shrunk (one per purpose;
  * see backend.cu). Growing synchronizes the compute stream first, because a
  * queued kernel may still read the old buffer. */
-enum { SCRATCH_CE_ROWLOSS, SCRATCH_CE_RESULT, SCRATCH_SUMSQ, SCRATCH_COPY, SCRATCH_ROPE, SCRATCH_COUNT };
+enum { SCRATCH_CE_ROWLOSS, SCRATCH_CE_RESULT, SCRATCH_SUMSQ, SCRATCH_COPY, SCRATCH_ROPE, SCRATCH_ATTN_PTRS,
+       SCRATCH_COUNT };
 void *stem_cuda_scratch(int slot, size_t bytes);
 
 /* ---- ops (one family per file) ---- */
