@@ -169,11 +169,26 @@ void op_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, 
 /* ------------------------------------------------------------------ rope */
 
 typedef struct {
-    float *x;
+    float *x, *k;      /* k: a second tensor rotated with the same table (rope_qk), or NULL */
     const float *cs;   /* [T, hd/2, 2] cos, sin */
-    int T, nh, hd;
+    int T, nh, nkv, hd;
     float sign;        /* +1 forward, -1 inverse rotation */
 } RopeCtx;
+
+/* the nh heads of one row, all at the same position (table row cs) */
+static void rope_heads(float *row, const float *cs, int nh, int hd, float sign)
+{
+    const int half = hd / 2;
+    for (int h = 0; h < nh; h++) {
+        float *v = row + h * hd;
+        for (int i = 0; i < half; i++) {
+            float co = cs[2 * i], si = sign * cs[2 * i + 1];
+            float a = v[2 * i], bb = v[2 * i + 1];
+            v[2 * i] = a * co - bb * si;
+            v[2 * i + 1] = a * si + bb * co;
+        }
+    }
+}
 
 static void rope_rows(void *p, size_t b, size_t e)
 {
@@ -181,22 +196,16 @@ static void rope_rows(void *p, size_t b, size_t e)
     const int half = c->hd / 2;
     for (size_t r = b; r < e; r++) {
         const float *cs = c->cs + (size_t)(r % (size_t)c->T) * half * 2;
-        float *row = c->x + r * (size_t)c->nh * c->hd;
-        for (int h = 0; h < c->nh; h++) {
-            float *v = row + h * c->hd;
-            for (int i = 0; i < half; i++) {
-                float co = cs[2 * i], si = c->sign * cs[2 * i + 1];
-                float a = v[2 * i], bb = v[2 * i + 1];
-                v[2 * i] = a * co - bb * si;
-                v[2 * i + 1] = a * si + bb * co;
-            }
-        }
+        rope_heads(c->x + r * (size_t)c->nh * c->hd, cs, c->nh, c->hd, c->sign);
+        if (c->k) rope_heads(c->k + r * (size_t)c->nkv * c->hd, cs, c->nkv, c->hd, c->sign);
     }
 }
 
 /* freq_i = theta^(-2i/hd), angle = t * freq_i, computed in float like Lingua's
- * precompute_freqs_cis so both sides round the same way. */
-static void rope_apply(float *x, int B, int T, int nh, int hd, float theta, float sign)
+ * precompute_freqs_cis so both sides round the same way. The table depends on
+ * (T, hd, theta) only, so rotating q and k with one table gives the same bits
+ * as two separate calls. */
+static void rope_apply(float *x, float *k, int B, int T, int nh, int nkv, int hd, float theta, float sign)
 {
     const int half = hd / 2;
     float *cs = malloc(sizeof(float) * (size_t)T * half * 2);
@@ -208,19 +217,29 @@ static void rope_apply(float *x, int B, int T, int nh, int hd, float theta, floa
             cs[((size_t)t * half + i) * 2 + 1] = sinf(ang);
         }
     }
-    RopeCtx c = { .x = x, .cs = cs, .T = T, .nh = nh, .hd = hd, .sign = sign };
+    RopeCtx c = { .x = x, .k = k, .cs = cs, .T = T, .nh = nh, .nkv = nkv, .hd = hd, .sign = sign };
     pool_for((size_t)B * T, ROWS_MIN, rope_rows, &c);
     free(cs);
 }
 
 void op_rope_forward(float *x, int B, int T, int nh, int hd, float theta)
 {
-    rope_apply(x, B, T, nh, hd, theta, 1.0f);
+    rope_apply(x, NULL, B, T, nh, 0, hd, theta, 1.0f);
 }
 
 void op_rope_backward(float *dx, int B, int T, int nh, int hd, float theta)
 {
-    rope_apply(dx, B, T, nh, hd, theta, -1.0f);
+    rope_apply(dx, NULL, B, T, nh, 0, hd, theta, -1.0f);
+}
+
+void op_rope_qk_forward(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    rope_apply(q, k, B, T, nh, nkv, hd, theta, 1.0f);
+}
+
+void op_rope_qk_backward(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    rope_apply(dq, dk, B, T, nh, nkv, hd, theta, -1.0f);
 }
 
 /* ------------------------------------------------------------------ attention */
@@ -360,6 +379,71 @@ void op_swiglu_backward(float *dg, float *du, const float *dm, const float *g, c
 {
     GluCtx c = { .dg = dg, .du = du, .dm = dm, .g = g, .u = u };
     pool_for(n, 4096, glu_bwd, &c);
+}
+
+/* ------------------------------------------------------------------ STEM FFN gate */
+
+/* The float expressions are glu_fwd's and glu_bwd's, character for character:
+ * the fused ops must give the bits of the gather + swiglu composition. */
+typedef struct {
+    float *m, *dg, *drows;
+    const float *g, *dm, *rows;
+    const int32_t *ridx, *gidx;
+    size_t rstride, gstride;
+    int N, F;
+} StemFfnCtx;
+
+static void stem_ffn_fwd(void *p, size_t b, size_t e)
+{
+    StemFfnCtx *c = p;
+    const size_t F = (size_t)c->F;
+    for (size_t i = b; i < e; i++) {
+        const float *g = c->g + i * F, *u = c->rows + (size_t)c->ridx[i] * c->rstride;
+        float *m = c->m + i * F;
+        for (size_t f = 0; f < F; f++) {
+            float gv = g[f];
+            m[f] = gv / (1.0f + expf(-gv)) * u[f];
+        }
+    }
+}
+
+void op_stem_ffn_forward(float *m, const float *g, const float *rows, const int32_t *idx, int N, int F,
+                         size_t stride)
+{
+    if (N <= 0 || F <= 0) return;
+    StemFfnCtx c = { .m = m, .g = g, .rows = rows, .ridx = idx, .rstride = stride, .N = N, .F = F };
+    /* whole positions per task, at least the 4096 elements op_swiglu_forward takes */
+    pool_for((size_t)N, (4096 + (size_t)F - 1) / (size_t)F, stem_ffn_fwd, &c);
+}
+
+/* This thread owns columns [b, e) of every position, as emb_bwd does: each dg
+ * element is written once, and each drows element adds its positions in
+ * position order whatever the thread count. */
+static void stem_ffn_bwd(void *p, size_t b, size_t e)
+{
+    StemFfnCtx *c = p;
+    const size_t F = (size_t)c->F;
+    for (int i = 0; i < c->N; i++) {
+        const float *g = c->g + (size_t)i * F, *dm = c->dm + (size_t)i * F;
+        const float *u = c->rows + (size_t)c->ridx[i] * c->rstride;
+        float *dg = c->dg + (size_t)i * F, *dr = c->drows + (size_t)c->gidx[i] * c->gstride;
+        for (size_t f = b; f < e; f++) {
+            float gv = g[f], dmv = dm[f], uv = u[f];
+            float s = 1.0f / (1.0f + expf(-gv));
+            float silu = gv * s;
+            dg[f] = dmv * uv * (s + silu * (1.0f - s));
+            dr[f] += dmv * silu;
+        }
+    }
+}
+
+void op_stem_ffn_backward(float *dg, float *drows, const float *dm, const float *g, const float *rows,
+                          const int32_t *ridx, size_t rstride, const int32_t *gidx, size_t gstride, int N, int F)
+{
+    if (N <= 0 || F <= 0) return;
+    StemFfnCtx c = { .dg = dg, .drows = drows, .dm = dm, .g = g, .rows = rows, .ridx = ridx, .rstride = rstride,
+                     .gidx = gidx, .gstride = gstride, .N = N, .F = F };
+    pool_for((size_t)F, 64, stem_ffn_bwd, &c);
 }
 
 /* ------------------------------------------------------------------ embedding */
@@ -508,12 +592,51 @@ static void adam_part(void *pp, size_t b, size_t e)
     }
 }
 
+static AdamCtx adam_ctx(float *p, const float *g, float *m, float *v, float lr, float beta1, float beta2, float eps,
+                        float wd, int t, float grad_scale)
+{
+    return (AdamCtx){ .p = p, .m = m, .v = v, .g = g, .lr = lr, .b1 = beta1, .b2 = beta2, .eps = eps, .wd = wd,
+                      .bc1 = 1.0f - powf(beta1, (float)t), .bc2 = 1.0f - powf(beta2, (float)t), .gs = grad_scale };
+}
+
 void op_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
               float beta2, float eps, float wd, int t, float grad_scale)
 {
-    AdamCtx c = { .p = p, .m = m, .v = v, .g = g, .lr = lr, .b1 = beta1, .b2 = beta2, .eps = eps, .wd = wd,
-                  .bc1 = 1.0f - powf(beta1, (float)t), .bc2 = 1.0f - powf(beta2, (float)t), .gs = grad_scale };
+    AdamCtx c = adam_ctx(p, g, m, v, lr, beta1, beta2, eps, wd, t, grad_scale);
     pool_for(n, 16384, adam_part, &c);
+}
+
+typedef struct {
+    AdamCtx base;          /* p, m, v at offset 0, g at row 0 */
+    const int32_t *idx;
+    size_t W, stride;
+} AdamRowsCtx;
+
+/* Rows are split over the pool and each row runs adam_part inline (not
+ * op_adamw, whose own pool_for would run inline anyway from inside a task, but
+ * would recompute the bias corrections per row). */
+static void adam_rows_part(void *pp, size_t b, size_t e)
+{
+    AdamRowsCtx *c = pp;
+    for (size_t i = b; i < e; i++) {
+        AdamCtx r = c->base;
+        const size_t off = (size_t)c->idx[i] * c->stride;
+        r.p += off;
+        r.m += off;
+        r.v += off;
+        r.g += i * c->W;
+        adam_part(&r, 0, c->W);
+    }
+}
+
+void op_adamw_rows(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W, size_t stride,
+                   float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale)
+{
+    if (N <= 0 || W <= 0) return;
+    AdamRowsCtx c = { .base = adam_ctx(p, g, m, v, lr, beta1, beta2, eps, wd, t, grad_scale), .idx = idx,
+                      .W = (size_t)W, .stride = stride };
+    /* at least the 16384 elements per task op_adamw takes */
+    pool_for((size_t)N, (16384 + (size_t)W - 1) / (size_t)W, adam_rows_part, &c);
 }
 
 /* ------------------------------------------------------------------ reductions */

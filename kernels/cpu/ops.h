@@ -36,6 +36,11 @@ void op_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, 
 void op_rope_forward(float *x, int B, int T, int nh, int hd, float theta);
 /* dx in place: applies the inverse rotation (rotation is orthogonal) */
 void op_rope_backward(float *dx, int B, int T, int nh, int hd, float theta);
+/* q[B*T, nh*hd] and k[B*T, nkv*hd] in place, one cos/sin table for both:
+ * bit-identical to op_rope_forward(q, .., nh, ..) then op_rope_forward(k, .., nkv, ..)
+ * (and the backward likewise). */
+void op_rope_qk_forward(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta);
+void op_rope_qk_backward(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta);
 
 /* ---- causal self-attention with grouped-query heads ----
  * q[B*T, nh*hd], k,v[B*T, nkv*hd]; head h reads kv head h / (nh/nkv).
@@ -53,6 +58,23 @@ void op_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
 void op_swiglu_forward(float *m, const float *g, const float *u, size_t n);
 /* dg, du OVERWRITTEN */
 void op_swiglu_backward(float *dg, float *du, const float *dm, const float *g, const float *u, size_t n);
+
+/* ---- STEM FFN gate: the row gather fused with SwiGLU (no gathered-rows buffer) ----
+ * m[N,F]: m[i,f] = SiLU(g[i,f]) * rows[idx[i]*stride + f]; OVERWRITTEN.
+ * rows points at the first column of the wanted block (a table [V, F] with
+ * stride F, or layer j's columns of a row cache with stride n_stem*F).
+ * Bit-identical to op_embedding_forward / gather_rows into u, then op_swiglu_forward. */
+void op_stem_ffn_forward(float *m, const float *g, const float *rows, const int32_t *idx, int N, int F,
+                         size_t stride);
+/* With u[i,f] = rows[ridx[i]*rstride + f]:
+ *   dg[N,F] = d(SiLU(g) u)/dg * dm                      OVERWRITTEN
+ *   drows[gidx[i]*gstride + f] += dm[i,f] * SiLU(g[i,f])  ACCUMULATED, in position
+ *   order (rows of a repeated gidx sum deterministically).
+ * Rows are read at ridx and gradients added at gidx: the offloaded path reads
+ * cache slots but accumulates per unique token. Bit-identical to op_swiglu_backward
+ * into (dg, du), then op_embedding_backward / scatter_rows of du. */
+void op_stem_ffn_backward(float *dg, float *drows, const float *dm, const float *g, const float *rows,
+                          const int32_t *ridx, size_t rstride, const int32_t *gidx, size_t gstride, int N, int F);
 
 /* ---- embedding / STEM row gather ----
  * out[N,D] = table[ids[i], :]; backward scatter-adds rows into dtable[V,D].
@@ -74,6 +96,11 @@ void op_crossentropy_backward(float *dlogits, const float *probs, const int32_t 
  * step t starts at 1. p -= lr * (mhat / (sqrt(vhat) + eps) + wd * p) */
 void op_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
               float beta2, float eps, float wd, int t, float grad_scale);
+/* op_adamw on N rows of W floats: row i is p/m/v + idx[i]*stride with gradient
+ * g[i*W, (i+1)*W). idx must not repeat (rows are updated in parallel).
+ * Bit-identical to op_adamw on each row. Note the argument order (p, m, v, g). */
+void op_adamw_rows(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W, size_t stride,
+                   float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale);
 
 /* Sum of squares (double accumulation), for gradient clipping. */
 double op_sumsq(const float *x, size_t n);

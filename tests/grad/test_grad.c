@@ -21,6 +21,10 @@
  * OVERWRITE (attention, swiglu, cross-entropy) are called on buffers pre-filled with
  * garbage.
  *
+ * The fused ops (op_stem_ffn_*, op_rope_qk_*, op_adamw_rows) promise the bits of the
+ * compositions they replace (ops.h), so they are compared with those bitwise; the STEM
+ * FFN pair also gets the reference and finite-difference checks of every op.
+ *
  * Also: pool_for's contract (every index once, range count and size), a pool restart
  * must not re-run the previous job, and /grad/determinism runs every op at sizes that
  * are split over the pool with 1, 2 and 3 threads and requires bit-identical outputs
@@ -37,6 +41,7 @@
 
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
+#include "kernels/kernels.h"
 
 #define ERR_FLOOR 1e-3
 #define TOL_FWD 1e-5
@@ -973,6 +978,181 @@ test_add(void)
   scratch_free();
 }
 
+/* ------------------------------------------------------------------ fused ops */
+
+static int32_t *
+inew(size_t n)
+{
+  int32_t *p = g_new0(int32_t, n ? n : 1);
+  g_ptr_array_add(scratch, p);
+  return p;
+}
+
+static gboolean
+same_bits(const float *a, const float *b, size_t n)
+{
+  return memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+/* Rows live in a [Vr, rstride] buffer and the op sees the column block at rcol (a STEM
+ * layer's columns of a row cache when rstride > F); gradient rows likewise in a
+ * [Vg, gstride] buffer at gcol. The composition is the engine's: a gather
+ * (op_embedding_forward for a plain table, else gather_rows) then op_swiglu_forward;
+ * op_swiglu_backward then the scatter (op_embedding_backward or scatter_rows). */
+static void
+test_stem_ffn(void)
+{
+  static const struct { int N, F, Vr, rstride, rcol, Vg, gstride, gcol; } cfg[] = {
+    {1, 5, 3, 5, 0, 3, 5, 0},             /* N = 1 */
+    {37, 70, 9, 70, 0, 9, 70, 0},         /* the model's case: a [V, F] table */
+    {50, 33, 7, 99, 33, 5, 33, 0},        /* cache slots (stride 3F, layer 1) -> unique rows */
+    {300, 256, 40, 256, 0, 40, 256, 0},   /* split over the pool, both directions */
+    {129, 257, 11, 600, 300, 13, 514, 257}};
+  const StemKernels *K = stem_kernels_cpu();
+  rng_seed(14);
+  for (size_t ci = 0; ci < G_N_ELEMENTS(cfg); ci++) {
+    const int N = cfg[ci].N, F = cfg[ci].F, Vr = cfg[ci].Vr, Vg = cfg[ci].Vg, rcol = cfg[ci].rcol,
+              gcol = cfg[ci].gcol;
+    const size_t rs = cfg[ci].rstride, gs = cfg[ci].gstride, n = (size_t)N * F;
+    const size_t nr = (size_t)Vr * rs, ng = (size_t)Vg * gs;
+    const gboolean plain_r = rs == (size_t)F && rcol == 0, plain_g = gs == (size_t)F && gcol == 0;
+    float *rows = fnew(nr), *g = fnew(n), *dm = fnew(n), *dr0 = fnew(ng);
+    fill(rows, nr, -2, 2);
+    fill(g, n, -4, 4);
+    fill(dm, n, -1, 1);
+    fill(dr0, ng, -1, 1);
+    if (n >= 4) { /* saturated gates, as in /grad/swiglu */
+      g[0] = 100.f;
+      g[1] = -100.f;
+      g[2] = 0.f;
+      g[3] = -30.f;
+    }
+    /* repeated rows on both sides; gidx its own array unless the layouts match */
+    int32_t *ridx = inew(N), *gidx = inew(N);
+    for (int i = 0; i < N; i++) {
+      ridx[i] = (int32_t)(rng_uniform() * Vr);
+      gidx[i] = (int32_t)(rng_uniform() * Vg);
+    }
+    if (plain_r && plain_g && Vr == Vg)
+      memcpy(gidx, ridx, N * sizeof *ridx);
+
+    /* composition */
+    float *u = fnew(n), *mc = fnew(n), *dgc = fnew(n), *du = fnew(n), *drc = fdup(dr0, ng);
+    if (plain_r)
+      op_embedding_forward(u, rows, ridx, N, F);
+    else
+      K->gather_rows(u, rows + rcol, ridx, N, F, rs);
+    op_swiglu_forward(mc, g, u, n);
+    op_swiglu_backward(dgc, du, dm, g, u, n);
+    if (plain_g)
+      op_embedding_backward(drc, du, gidx, N, F);
+    else
+      K->scatter_rows(drc + gcol, du, gidx, N, F, gs);
+
+    /* fused, on garbage-filled outputs */
+    float *m = fnew(n), *dg = fnew(n), *dr = fdup(dr0, ng);
+    fill_const(m, n, 1e3f);
+    fill_const(dg, n, 77.f);
+    op_stem_ffn_forward(m, g, rows + rcol, ridx, N, F, rs);
+    op_stem_ffn_backward(dg, dr + gcol, dm, g, rows + rcol, ridx, rs, gidx, gs, N, F);
+    check_true(same_bits(m, mc, n), "stem_ffn fwd == gather + swiglu (bitwise) N=%d F=%d rstride=%zu", N, F, rs);
+    check_true(same_bits(dg, dgc, n), "stem_ffn bwd dg == swiglu bwd (bitwise) N=%d F=%d", N, F);
+    check_true(same_bits(dr, drc, ng), "stem_ffn bwd drows == swiglu bwd + scatter (bitwise) N=%d gstride=%zu",
+               N, gs);
+
+    /* reference and finite differences: dL/du_i of L = sum m R is the per-position
+     * difference of swi_fd, added into the gradient row of position i */
+    double *gd = to_d(g, n), *ud = to_d(u, n), *Rd = to_d(dm, n), *md = dnew(n);
+    ref_swiglu(md, gd, ud, n);
+    check(rel_err(m, NULL, md, n), TOL_FWD, "stem_ffn fwd vs reference N=%d F=%d", N, F);
+    double *gg = dnew(n), *gu = dnew(n), *gr = dnew(ng);
+    swi_fd(gg, gu, gd, ud, Rd, n);
+    for (int i = 0; i < N; i++)
+      for (int f = 0; f < F; f++)
+        gr[(size_t)gidx[i] * gs + gcol + f] += gu[(size_t)i * F + f];
+    check(rel_err(dg, NULL, gg, n), TOL_BWD, "stem_ffn bwd dg vs FD N=%d F=%d", N, F);
+    check(rel_err(dr, dr0, gr, ng), TOL_BWD, "stem_ffn bwd drows (+=, repeated rows) vs FD N=%d F=%d", N, F);
+  }
+  op_stem_ffn_forward(NULL, NULL, NULL, NULL, 0, 8, 8);
+  op_stem_ffn_backward(NULL, NULL, NULL, NULL, NULL, NULL, 8, NULL, 8, 0, 8);
+  scratch_free();
+}
+
+static void
+test_rope_qk(void)
+{
+  static const struct { int B, T, nh, nkv, hd; float theta; } cfg[] = {
+    {1, 1, 2, 1, 8, 10000.f}, {2, 13, 4, 2, 16, 10000.f}, {3, 7, 3, 3, 7, 500000.f}, {2, 33, 6, 1, 64, 10000.f}};
+  rng_seed(15);
+  for (size_t ci = 0; ci < G_N_ELEMENTS(cfg); ci++) {
+    const int B = cfg[ci].B, T = cfg[ci].T, nh = cfg[ci].nh, nkv = cfg[ci].nkv, hd = cfg[ci].hd;
+    const float theta = cfg[ci].theta;
+    const size_t nq = (size_t)B * T * nh * hd, nk = (size_t)B * T * nkv * hd;
+    float *q = fnew(nq), *k = fnew(nk);
+    fill(q, nq, -1, 1);
+    fill(k, nk, -1, 1);
+    for (int bwd = 0; bwd <= 1; bwd++) {
+      float *q1 = fdup(q, nq), *k1 = fdup(k, nk), *q2 = fdup(q, nq), *k2 = fdup(k, nk);
+      if (bwd) {
+        op_rope_qk_backward(q1, k1, B, T, nh, nkv, hd, theta);
+        op_rope_backward(q2, B, T, nh, hd, theta);
+        op_rope_backward(k2, B, T, nkv, hd, theta);
+      } else {
+        op_rope_qk_forward(q1, k1, B, T, nh, nkv, hd, theta);
+        op_rope_forward(q2, B, T, nh, hd, theta);
+        op_rope_forward(k2, B, T, nkv, hd, theta);
+      }
+      check_true(same_bits(q1, q2, nq) && same_bits(k1, k2, nk),
+                 "rope_qk %s == rope on q, then k (bitwise) B=%d T=%d nh=%d nkv=%d hd=%d", bwd ? "bwd" : "fwd", B,
+                 T, nh, nkv, hd);
+    }
+  }
+  scratch_free();
+}
+
+static void
+test_adamw_rows(void)
+{
+  /* V rows of `stride` floats; the op sees the W columns at col */
+  static const struct { int N, W, V, stride, col; } cfg[] = {
+    {1, 7, 3, 7, 0}, {5, 33, 12, 100, 40}, {40, 1000, 50, 1000, 0}, {23, 1024, 64, 3072, 1024}};
+  rng_seed(16);
+  for (size_t ci = 0; ci < G_N_ELEMENTS(cfg); ci++) {
+    const int N = cfg[ci].N, W = cfg[ci].W, V = cfg[ci].V, col = cfg[ci].col;
+    const size_t stride = cfg[ci].stride, np = (size_t)V * stride, ngr = (size_t)N * W;
+    float *p = fnew(np), *m = fnew(np), *v = fnew(np), *g = fnew(ngr);
+    fill(p, np, -1, 1);
+    fill(m, np, -0.01, 0.01);
+    fill(v, np, 0, 1e-3);
+    /* N distinct rows in shuffled order (Fisher-Yates over all V) */
+    int32_t *perm = inew(V);
+    for (int r = 0; r < V; r++)
+      perm[r] = r;
+    for (int r = V - 1; r > 0; r--) {
+      int o = (int)(rng_uniform() * (r + 1));
+      int32_t t = perm[r];
+      perm[r] = perm[o];
+      perm[o] = t;
+    }
+    float *p1 = fdup(p, np), *m1 = fdup(m, np), *v1 = fdup(v, np);
+    float *p2 = fdup(p, np), *m2 = fdup(m, np), *v2 = fdup(v, np);
+    for (int t = 1; t <= 3; t++) {
+      fill(g, ngr, -1, 1);
+      op_adamw_rows(p1 + col, m1 + col, v1 + col, g, perm, N, W, stride, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.5f);
+      for (int i = 0; i < N; i++) {
+        size_t off = (size_t)col + (size_t)perm[i] * stride;
+        op_adamw(p2 + off, g + (size_t)i * W, m2 + off, v2 + off, W, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.5f);
+      }
+    }
+    /* whole buffers: rows and columns the op must not touch are compared too */
+    check_true(same_bits(p1, p2, np) && same_bits(m1, m2, np) && same_bits(v1, v2, np),
+               "adamw_rows == op_adamw per row, 3 steps (bitwise) N=%d W=%d stride=%zu", N, W, stride);
+    check_true(!same_bits(p1, p, np), "adamw_rows moved the parameters N=%d W=%d", N, W);
+  }
+  op_adamw_rows(NULL, NULL, NULL, NULL, NULL, 0, 8, 8, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 1, 1.f);
+  scratch_free();
+}
+
 /* ------------------------------------------------------------------ determinism */
 
 /* Outputs of one run of every op: concatenated bytes plus a label per block, so a
@@ -1130,6 +1310,44 @@ run_all_ops(void)
     fill(big, nb, -1, 1);
     double s = op_sumsq(big, nb);
     KEEP("sumsq", &s, 1);
+  }
+  { /* fused: STEM FFN with repeated rows (split by rows forward, by columns backward),
+     * rope_qk, adamw_rows */
+    int N = 200, F = 256, V = 7;
+    size_t n = (size_t)N * F;
+    int32_t *ids = g_new(int32_t, N);
+    g_ptr_array_add(scratch, ids);
+    for (int i = 0; i < N; i++)
+      ids[i] = (int32_t)(rng_uniform() * V);
+    float *rows = fnew((size_t)V * F), *g = fnew(n), *dm = fnew(n), *m = fnew(n), *dg = fnew(n),
+          *dr = fnew((size_t)V * F);
+    fill(rows, (size_t)V * F, -1, 1);
+    fill(g, n, -4, 4);
+    fill(dm, n, -1, 1);
+    op_stem_ffn_forward(m, g, rows, ids, N, F, F);
+    op_stem_ffn_backward(dg, dr, dm, g, rows, ids, F, ids, F, N, F);
+    KEEP("stem_ffn fwd", m, n);
+    KEEP("stem_ffn bwd dg", dg, n);
+    KEEP("stem_ffn bwd drows", dr, (size_t)V * F);
+    size_t nq = 2 * 33 * 4 * 16, nk = 2 * 33 * 2 * 16;
+    float *q = fnew(nq), *k = fnew(nk);
+    fill(q, nq, -1, 1);
+    fill(k, nk, -1, 1);
+    op_rope_qk_forward(q, k, 2, 33, 4, 2, 16, 10000.f);
+    KEEP("rope_qk fwd q", q, nq);
+    KEEP("rope_qk fwd k", k, nk);
+    int R = 40, W = 1000;
+    int32_t *ridx = g_new(int32_t, R);
+    g_ptr_array_add(scratch, ridx);
+    for (int i = 0; i < R; i++)
+      ridx[i] = (i * 7) % 41; /* distinct: 7 and 41 are coprime */
+    size_t np = (size_t)41 * W;
+    float *p = fnew(np), *am = fnew(np), *av = fnew(np), *ag = fnew((size_t)R * W);
+    fill(p, np, -1, 1);
+    fill(ag, (size_t)R * W, -1, 1);
+    for (int t = 1; t <= 2; t++)
+      op_adamw_rows(p, am, av, ag, ridx, R, W, W, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, t, 0.7f);
+    KEEP("adamw_rows p", p, np);
   }
 #undef KEEP
   return o;
@@ -1308,6 +1526,9 @@ main(int argc, char **argv)
   g_test_add_func("/grad/sumsq", test_sumsq);
   g_test_add_func("/grad/scale", test_scale);
   g_test_add_func("/grad/add", test_add);
+  g_test_add_func("/grad/stem_ffn", test_stem_ffn);
+  g_test_add_func("/grad/rope_qk", test_rope_qk);
+  g_test_add_func("/grad/adamw_rows", test_adamw_rows);
   g_test_add_func("/grad/determinism", test_determinism);
   int rc = g_test_run();
 
