@@ -45,7 +45,7 @@
 
 /* Bumped whenever this struct changes: a module built against another version
  * is refused at load. */
-#define STEM_KERNELS_ABI 1
+#define STEM_KERNELS_ABI 2
 #define STEM_KERNELS_FENCES 4
 
 /* GEMM precision (set_math). fp32 is the default and the parity reference. */
@@ -120,6 +120,28 @@ struct StemKernels {
      * scatter adds in position order (deterministic); CUDA may use atomics. */
     void (*gather_rows)(float *out, const float *src, const int32_t *idx, int N, int F, size_t stride);
     void (*scatter_rows)(float *dst, const float *src, const int32_t *idx, int N, int F, size_t stride);
+
+    /* ---- fused ops (ABI 2): one pass where the composition takes two or more,
+     * and no intermediate buffer. Exact semantics in kernels/cpu/ops.h; on the
+     * CPU each is bit-identical to the composition it replaces. ----
+     * stem_ffn_forward:  the STEM row gather fused with the SwiGLU gate
+     *   m[i,f] = silu(g[i,f]) * rows[idx[i]*stride + f]            (OVERWRITE)
+     * stem_ffn_backward: swiglu_backward fused with the row scatter; rows are
+     *   read at ridx (e.g. cache slots), gradients added at gidx (e.g. unique tokens)
+     *   dg[i,f] = dm[i,f] * u * silu'(g[i,f]),  u = rows[ridx[i]*rstride + f]   (OVERWRITE)
+     *   drows[gidx[i]*gstride + f] += dm[i,f] * silu(g[i,f])      (ACCUMULATE; CPU
+     *   in position order, CUDA may use atomics)
+     * rope_qk_*: rope_* on q [B*T, nh*hd] and on k [B*T, nkv*hd] in one pass
+     * adamw_rows: adamw over the W floats at p/m/v + idx[i]*stride with gradient
+     *   g + i*W, for i < N (idx without repeats) */
+    void (*stem_ffn_forward)(float *m, const float *g, const float *rows, const int32_t *idx, int N, int F,
+                             size_t stride);
+    void (*stem_ffn_backward)(float *dg, float *drows, const float *dm, const float *g, const float *rows,
+                              const int32_t *ridx, size_t rstride, const int32_t *gidx, size_t gstride, int N, int F);
+    void (*rope_qk_forward)(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta);
+    void (*rope_qk_backward)(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta);
+    void (*adamw_rows)(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W, size_t stride,
+                       float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale);
 };
 
 /* The CPU backend (kernels/cpu/backend.c). */

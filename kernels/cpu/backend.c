@@ -109,6 +109,11 @@ static const StemKernels cpu_kernels = {
     .scale = op_scale,
     .gather_rows = cpu_gather_rows,
     .scatter_rows = cpu_scatter_rows,
+    .stem_ffn_forward = op_stem_ffn_forward,
+    .stem_ffn_backward = op_stem_ffn_backward,
+    .rope_qk_forward = op_rope_qk_forward,
+    .rope_qk_backward = op_rope_qk_backward,
+    .adamw_rows = op_adamw_rows,
 };
 
 const StemKernels *stem_kernels_cpu(void)

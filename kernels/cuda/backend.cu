@@ -293,6 +293,11 @@ static void fill_table(StemKernels *k, const cudaDeviceProp *prop)
     k->scale = cu_scale;
     k->gather_rows = cu_gather_rows;
     k->scatter_rows = cu_scatter_rows;
+    k->stem_ffn_forward = cu_stem_ffn_forward;
+    k->stem_ffn_backward = cu_stem_ffn_backward;
+    k->rope_qk_forward = cu_rope_qk_forward;
+    k->rope_qk_backward = cu_rope_qk_backward;
+    k->adamw_rows = cu_adamw_rows;
 }
 
 static cudaDeviceProp g_prop;

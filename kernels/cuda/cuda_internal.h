@@ -70,6 +70,8 @@ void cu_rmsnorm_backward(float *dx, float *dg, const float *dy, const float *x, 
                          const float *rstd, int N, int D);
 void cu_rope_forward(float *x, int B, int T, int nh, int hd, float theta);
 void cu_rope_backward(float *dx, int B, int T, int nh, int hd, float theta);
+void cu_rope_qk_forward(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta);
+void cu_rope_qk_backward(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta);
 /* attention.cu */
 void cu_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
                           int B, int T, int nh, int nkv, int hd);
@@ -79,9 +81,14 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
 /* pointwise.cu */
 void cu_swiglu_forward(float *m, const float *g, const float *u, size_t n);
 void cu_swiglu_backward(float *dg, float *du, const float *dm, const float *g, const float *u, size_t n);
+void cu_stem_ffn_forward(float *m, const float *g, const float *rows, const int32_t *idx, int N, int F, size_t stride);
+void cu_stem_ffn_backward(float *dg, float *drows, const float *dm, const float *g, const float *rows,
+                          const int32_t *ridx, size_t rstride, const int32_t *gidx, size_t gstride, int N, int F);
 void cu_add_inplace(float *y, const float *x, size_t n);
 void cu_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr, float beta1,
               float beta2, float eps, float wd, int t, float grad_scale);
+void cu_adamw_rows(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W, size_t stride,
+                   float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale);
 double cu_sumsq(const float *x, size_t n);
 void cu_scale(float *x, size_t n, float s);
 /* embed_loss.cu */

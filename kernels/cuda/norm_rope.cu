@@ -154,6 +154,47 @@ static void rope_apply(float *x, int B, int T, int nh, int hd, float theta, floa
     LAUNCH_CHECK();
 }
 
+/* q[B*T, nh*hd] and k[B*T, nkv*hd] in place in one launch: one thread per
+ * (row, pair i) turns pair i of every q head and then of every k head, so the
+ * angle's cos/sin are computed once for nh + nkv heads. Angle and rotation are
+ * rope_k's expressions. Consecutive threads take consecutive pairs of one row:
+ * a warp reads 32 adjacent pairs of each head in turn. */
+__global__ void rope_qk_k(float *q, float *k, const float *freq, size_t n_rp, int T, int nh, int nkv, int hd,
+                          float sign)
+{
+    const int half = hd / 2;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n_rp;
+         e += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(e % (size_t)half);
+        const size_t r = e / (size_t)half;
+        const int t = (int)(r % (size_t)T);
+        const float ang = (float)t * freq[i];
+        const float co = cosf(ang), si = sign * sinf(ang);
+        float *v = q + r * (size_t)nh * hd + 2 * (size_t)i;
+        for (int h = 0; h < nh; h++, v += hd) {
+            const float a = v[0], b = v[1];
+            v[0] = a * co - b * si;
+            v[1] = a * si + b * co;
+        }
+        v = k + r * (size_t)nkv * hd + 2 * (size_t)i;
+        for (int h = 0; h < nkv; h++, v += hd) {
+            const float a = v[0], b = v[1];
+            v[0] = a * co - b * si;
+            v[1] = a * si + b * co;
+        }
+    }
+}
+
+static void rope_qk_apply(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta, float sign)
+{
+    const size_t n_rp = (size_t)(B > 0 ? B : 0) * (size_t)(T > 0 ? T : 0) * (size_t)(hd > 1 ? hd / 2 : 0);
+    if (n_rp == 0 || (nh <= 0 && nkv <= 0)) return;
+    const float *freq = rope_freqs(hd, theta);
+    rope_qk_k<<<ew_blocks(n_rp), EW_THREADS, 0, g_cu.compute>>>(q, k, freq, n_rp, T, nh > 0 ? nh : 0,
+                                                               nkv > 0 ? nkv : 0, hd, sign);
+    LAUNCH_CHECK();
+}
+
 void cu_rope_forward(float *x, int B, int T, int nh, int hd, float theta)
 {
     rope_apply(x, B, T, nh, hd, theta, 1.0f);
@@ -162,4 +203,14 @@ void cu_rope_forward(float *x, int B, int T, int nh, int hd, float theta)
 void cu_rope_backward(float *dx, int B, int T, int nh, int hd, float theta)
 {
     rope_apply(dx, B, T, nh, hd, theta, -1.0f);
+}
+
+void cu_rope_qk_forward(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    rope_qk_apply(q, k, B, T, nh, nkv, hd, theta, 1.0f);
+}
+
+void cu_rope_qk_backward(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    rope_qk_apply(dq, dk, B, T, nh, nkv, hd, theta, -1.0f);
 }

@@ -336,6 +336,35 @@ static void t_rope(int B, int T, int nh, int hd, float theta, uint64_t s)
     free(x);
 }
 
+/* RoPE on q and k in one launch (rope_qk_*): the CPU reference is rope_* on q, then k */
+static void t_rope_qk(int B, int T, int nh, int nkv, int hd, float theta, uint64_t s)
+{
+    char label[96];
+    const size_t nq = (size_t)B * T * nh * hd, nk = (size_t)B * T * nkv * hd;
+    seed(s);
+    float *q = hrand(nq, 1.0f), *k = hrand(nk, 1.0f);
+    for (int bwd = 0; bwd <= 1; bwd++) {
+        snprintf(label, sizeof label, "rope_qk_%s B=%d T=%d nh=%d nkv=%d hd=%d", bwd ? "backward" : "forward", B, T,
+                 nh, nkv, hd);
+        float *rq = hdup(q, nq), *rk = hdup(k, nk);
+        float *dq = dputf(q, nq), *dk = dputf(k, nk);
+        if (bwd) {
+            C->rope_qk_backward(rq, rk, B, T, nh, nkv, hd, theta);
+            G.rope_qk_backward(dq, dk, B, T, nh, nkv, hd, theta);
+        } else {
+            C->rope_qk_forward(rq, rk, B, T, nh, nkv, hd, theta);
+            G.rope_qk_forward(dq, dk, B, T, nh, nkv, hd, theta);
+        }
+        float *gq = dgetf(dq, nq), *gk = dgetf(dk, nk);
+        cmp(label, "q", rq, gq, nq, TOL_FP32);
+        cmp(label, "k", rk, gk, nk, TOL_FP32);
+        guards(label);
+        dfree_all();
+        free(rq); free(rk); free(gq); free(gk);
+    }
+    free(q); free(k);
+}
+
 /* ------------------------------------------------------------------ attention */
 
 /* Both directions in the math mode `math` (the CUDA side runs its GEMMs in it;
@@ -495,6 +524,65 @@ static void t_rows(int slots, int n_stem, int F, int j, int N, uint64_t s)
     free(cache); free(out0); free(idx); free(rout); free(gout); free(src); free(rdst); free(gdst);
 }
 
+/* The fused STEM FFN gate. Rows come from a [slots, n_stem*F] cache at layer j's
+ * columns (n_stem = 1: a plain [V, F] table); gradients go to a [gslots, gn_stem*F]
+ * buffer at layer gj's columns through their own index, drawn from gslots rows so
+ * that with gslots << N many positions add into one row (CUDA: atomics). same_idx:
+ * gidx is ridx (the model's ROWS_PARAMS case; needs matching slot counts). */
+static void t_stem_ffn(int slots, int n_stem, int j, int gslots, int gn_stem, int gj, int F, int N, int same_idx,
+                       uint64_t s)
+{
+    char label[112];
+    const size_t rstride = (size_t)n_stem * F, gstride = (size_t)gn_stem * F, n = (size_t)N * F;
+    const size_t nr = (size_t)slots * rstride, ng = (size_t)gslots * gstride;
+    seed(s);
+    float *rows = hrand(nr, 1.0f), *g = hrand(n, 6.0f), *m0 = hrand(n, 1.0f);
+    if (n > 3) { g[0] = -100.0f; g[1] = 100.0f; g[2] = 0.0f; }   /* exp overflow, saturation, zero */
+    int32_t *ridx = hids(N, slots, 0), *gidx = same_idx ? ridx : hids(N, gslots, 0);
+    snprintf(label, sizeof label, "stem_ffn_forward slots=%d n_stem=%d j=%d F=%d N=%d", slots, n_stem, j, F, N);
+    float *rm = hdup(m0, n);
+    C->stem_ffn_forward(rm, g, rows + (size_t)j * F, ridx, N, F, rstride);
+    float *dm = dputf(m0, n), *dg = dputf(g, n), *drows = dputf(rows, nr);
+    int32_t *dridx = dputi(ridx, (size_t)N);
+    G.stem_ffn_forward(dm, dg, drows + (size_t)j * F, dridx, N, F, rstride);
+    float *gm = dgetf(dm, n);
+    cmp(label, "m", rm, gm, n, TOL_FP32);
+    guards(label);
+    dfree_all();
+
+    /* dg starts as garbage (overwritten); the gradient rows as random values (+=) */
+    snprintf(label, sizeof label, "stem_ffn_backward gslots=%d gn_stem=%d gj=%d F=%d N=%d%s", gslots, gn_stem, gj, F,
+             N, same_idx ? " gidx=ridx" : "");
+    float *dmv = hrand(n, 1.0f), *dg0 = hrand(n, 1.0f), *dr0 = hrand(ng, 1.0f);
+    float *rdg = hdup(dg0, n), *rdr = hdup(dr0, ng);
+    C->stem_ffn_backward(rdg, rdr + (size_t)gj * F, dmv, g, rows + (size_t)j * F, ridx, rstride, gidx, gstride, N, F);
+    float *ddg = dputf(dg0, n), *ddr = dputf(dr0, ng), *ddm = dputf(dmv, n);
+    dg = dputf(g, n);
+    drows = dputf(rows, nr);
+    dridx = dputi(ridx, (size_t)N);
+    int32_t *dgidx = dputi(gidx, (size_t)N);
+    G.stem_ffn_backward(ddg, ddr + (size_t)gj * F, ddm, dg, drows + (size_t)j * F, dridx, rstride, dgidx, gstride, N,
+                        F);
+    float *gdg = dgetf(ddg, n), *gdr = dgetf(ddr, ng);
+    cmp(label, "dg", rdg, gdg, n, TOL_FP32);
+    cmp(label, "drows", rdr, gdr, ng, TOL_FP32);
+    /* the other layers' columns are not this op's: bit-exact start values */
+    size_t moved = 0;
+    for (size_t r = 0; r < (size_t)gslots; r++)
+        for (size_t c = 0; c < gstride; c++)
+            if ((c < (size_t)gj * F || c >= (size_t)(gj + 1) * F) &&
+                memcmp(&gdr[r * gstride + c], &dr0[r * gstride + c], sizeof(float)))
+                moved++;
+    char what[96];
+    snprintf(what, sizeof what, "other layers' gradient columns untouched (%zu changed)", moved);
+    check(label, moved == 0, what);
+    guards(label);
+    dfree_all();
+    free(rows); free(g); free(m0); free(ridx);
+    if (!same_idx) free(gidx);
+    free(rm); free(gm); free(dmv); free(dg0); free(dr0); free(rdg); free(rdr); free(gdg); free(gdr);
+}
+
 /* ------------------------------------------------------------------ add, scale, sumsq */
 
 static void t_add_scale_sumsq(size_t n, uint64_t s)
@@ -596,6 +684,49 @@ static void t_adamw(size_t n, int t, float lr, float wd, float gs, uint64_t s)
     guards(label);
     dfree_all();
     free(p); free(g); free(m); free(v); free(rp); free(rm); free(rv); free(gp); free(gm); free(gv);
+}
+
+/* AdamW on N distinct rows (shuffled) of W floats at column col of a
+ * [V, stride] buffer; everything else must keep its bits. */
+static void t_adamw_rows(int V, size_t stride, int col, int N, int W, int t, float lr, float wd, float gs, uint64_t s)
+{
+    char label[112];
+    const size_t np = (size_t)V * stride, ngr = (size_t)N * W;
+    seed(s);
+    float *p = hrand(np, 1.0f), *g = hrand(ngr, 0.5f), *m = hrand(np, 0.01f), *v = hrand(np, 1e-3f);
+    for (size_t i = 0; i < np; i++) v[i] = fabsf(v[i]);
+    int32_t *perm = xmalloc(sizeof(int32_t) * (size_t)V);
+    for (int r = 0; r < V; r++) perm[r] = r;
+    for (int r = V - 1; r > 0; r--) {
+        int o = (int)(rnext() % (uint64_t)(r + 1));
+        int32_t tmp = perm[r]; perm[r] = perm[o]; perm[o] = tmp;
+    }
+    snprintf(label, sizeof label, "adamw_rows V=%d stride=%zu col=%d N=%d W=%d t=%d", V, stride, col, N, W, t);
+    float *rp = hdup(p, np), *rm = hdup(m, np), *rv = hdup(v, np);
+    C->adamw_rows(rp + col, rm + col, rv + col, g, perm, N, W, stride, lr, 0.9f, 0.95f, 1e-8f, wd, t, gs);
+    float *dp = dputf(p, np), *dm = dputf(m, np), *dv = dputf(v, np), *dg = dputf(g, ngr);
+    int32_t *didx = dputi(perm, (size_t)N);
+    G.adamw_rows(dp + col, dm + col, dv + col, dg, didx, N, W, stride, lr, 0.9f, 0.95f, 1e-8f, wd, t, gs);
+    float *gp = dgetf(dp, np), *gm = dgetf(dm, np), *gv = dgetf(dv, np);
+    cmp(label, "p", rp, gp, np, TOL_FP32);
+    cmp(label, "m", rm, gm, np, TOL_FP32);
+    cmp(label, "v", rv, gv, np, TOL_FP32);
+    /* elements outside the N rows' W columns: the start values, bit-exact */
+    unsigned char *hit = calloc(np, 1);
+    for (int i = 0; i < N; i++) memset(hit + (size_t)perm[i] * stride + col, 1, (size_t)W);
+    size_t moved = 0;
+    for (size_t e = 0; e < np; e++)
+        if (!hit[e] && (memcmp(&gp[e], &p[e], 4) || memcmp(&gm[e], &m[e], 4) || memcmp(&gv[e], &v[e], 4))) moved++;
+    char what[96];
+    snprintf(what, sizeof what, "elements outside the rows untouched (%zu changed)", moved);
+    check(label, moved == 0, what);
+    /* the step itself (p_new - p_old), not hidden under |p| */
+    for (size_t e = 0; e < np; e++) { rp[e] -= p[e]; gp[e] -= p[e]; }
+    cmp(label, "step", rp, gp, np, TOL_FP32);
+    guards(label);
+    dfree_all();
+    free(p); free(g); free(m); free(v); free(perm); free(hit);
+    free(rp); free(rm); free(rv); free(gp); free(gm); free(gv);
 }
 
 /* ------------------------------------------------------------------ memory */
@@ -851,6 +982,10 @@ int main(void)
     t_rope(1, 300, 4, 64, 10000.0f, 21);
     t_rope(2, 7, 2, 7, 500000.0f, 22);   /* odd hd: the last element is left alone */
     t_rope(1, 4096, 2, 128, 500000.0f, 23);   /* long context: angle = t * freq amplifies freq rounding */
+    t_rope_qk(2, 13, 4, 2, 10, 10000.0f, 24);     /* GQA */
+    t_rope_qk(1, 1, 2, 2, 8, 10000.0f, 25);       /* T = 1: position 0 only */
+    t_rope_qk(3, 7, 3, 1, 7, 500000.0f, 26);      /* odd hd, MQA */
+    t_rope_qk(2, 4096, 4, 2, 128, 500000.0f, 27); /* long context, as t_rope */
 
     t_attention(2, 19, 4, 2, 16, 30);     /* GQA 2:1 */
     t_attention(1, 130, 6, 2, 64, 31);    /* GQA 3:1, T over the block size */
@@ -879,6 +1014,13 @@ int main(void)
     t_rows(64, 2, 256, 0, 200, 53);
     t_rows(64, 2, 256, 1, 200, 54);
 
+    /* slots, n_stem, j | gslots, gn_stem, gj | F, N, gidx = ridx */
+    t_stem_ffn(50, 1, 0, 50, 1, 0, 70, 97, 1, 55);      /* the model's case: a [V, F] table */
+    t_stem_ffn(7, 1, 0, 7, 1, 0, 33, 1, 1, 56);         /* N = 1 */
+    t_stem_ffn(20, 3, 1, 5, 2, 1, 33, 300, 0, 57);      /* cache slots -> 5 unique rows: many repeats */
+    t_stem_ffn(64, 2, 0, 3, 1, 0, 257, 1000, 0, 58);    /* odd F, 3 gradient rows for 1000 positions */
+    t_stem_ffn(64, 1, 0, 64, 1, 0, 4100, 4100, 1, 59);  /* N*F over the grid cap: the grid-stride loop */
+
     t_add_scale_sumsq(12345, 60);
     t_add_scale_sumsq(1000003, 61);
     t_add_scale_sumsq(1, 62);
@@ -890,6 +1032,10 @@ int main(void)
 
     t_adamw(10007, 1, 1e-2f, 0.1f, 1.0f, 80);
     t_adamw(10007, 7, 3e-3f, 0.0f, 0.5f, 81);
+    t_adamw_rows(3, 7, 0, 1, 7, 1, 1e-2f, 0.1f, 1.0f, 82);               /* N = 1 */
+    t_adamw_rows(40, 100, 33, 17, 33, 3, 3e-3f, 0.1f, 0.5f, 83);         /* stride > W, a column block */
+    t_adamw_rows(300, 2 * 257, 257, 200, 257, 5, 1e-3f, 0.0f, 1.0f, 84); /* odd W */
+    t_adamw_rows(4200, 4100, 0, 4100, 4100, 2, 1e-2f, 0.1f, 1.0f, 85);   /* N*W over the grid cap */
 
     t_staging();
     t_queue_order();

@@ -994,6 +994,18 @@ same_bits(const float *a, const float *b, size_t n)
   return memcmp(a, b, n * sizeof(float)) == 0;
 }
 
+/* The CPU backend's entries are the op functions themselves (kernels/cpu/backend.c),
+ * so checking the op_* functions checks the backend. */
+static void
+test_fused_wiring(void)
+{
+  const StemKernels *K = stem_kernels_cpu();
+  check_true(K->abi == STEM_KERNELS_ABI && K->stem_ffn_forward == op_stem_ffn_forward &&
+                 K->stem_ffn_backward == op_stem_ffn_backward && K->rope_qk_forward == op_rope_qk_forward &&
+                 K->rope_qk_backward == op_rope_qk_backward && K->adamw_rows == op_adamw_rows,
+             "CPU backend's fused entries are the op_* functions");
+}
+
 /* Rows live in a [Vr, rstride] buffer and the op sees the column block at rcol (a STEM
  * layer's columns of a row cache when rstride > F); gradient rows likewise in a
  * [Vg, gstride] buffer at gcol. The composition is the engine's: a gather
@@ -1526,6 +1538,7 @@ main(int argc, char **argv)
   g_test_add_func("/grad/sumsq", test_sumsq);
   g_test_add_func("/grad/scale", test_scale);
   g_test_add_func("/grad/add", test_add);
+  g_test_add_func("/grad/fused_wiring", test_fused_wiring);
   g_test_add_func("/grad/stem_ffn", test_stem_ffn);
   g_test_add_func("/grad/rope_qk", test_rope_qk);
   g_test_add_func("/grad/adamw_rows", test_adamw_rows);
