@@ -406,7 +406,8 @@ struct StemActs {
     float *o[STEM_MAX_LAYERS];    /* [N, H*hd] attention output before wo */
     float *h_mid[STEM_MAX_LAYERS];/* [N, D] residual after attention */
     float *f[STEM_MAX_LAYERS];    /* [N, D] ffn-normed */
-    float *g[STEM_MAX_LAYERS], *u[STEM_MAX_LAYERS], *mm[STEM_MAX_LAYERS]; /* [N, F] gate, up row, product */
+    float *g[STEM_MAX_LAYERS], *u[STEM_MAX_LAYERS], *mm[STEM_MAX_LAYERS]; /* [N, F] gate, up row, product
+                                     (u: NULL for STEM layers in ROWS_PARAMS mode, see acts_carve) */
     float *h_out;                 /* [N, D] final residual */
     float *rstd_f;                /* [N] */
     float *nf;                    /* [N, D] final normed */
@@ -441,8 +442,9 @@ static void acts_free(StemModel *m, StemActs *a)
     g_free(a);
 }
 
-/* Carve (or just size, when base == NULL) the arena for (B, T). */
-static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int last_only, float *base)
+/* Carve (or just size, when base == NULL) the arena for (B, T) and STEM rows
+ * read as rows_mode says. */
+static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int last_only, int rows_mode, float *base)
 {
     const size_t N = (size_t)B * T, D = c->dim, F = c->ffn_dim, hd = D / c->n_heads;
     const size_t Hd = c->n_heads * hd, KVd = c->n_kv_heads * hd, att = (size_t)B * c->n_heads * T * T;
@@ -461,7 +463,10 @@ static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int las
         TAKE(a->h_mid[l], N * D);
         TAKE(a->f[l], N * D);
         TAKE(a->g[l], N * F);
-        TAKE(a->u[l], N * F);
+        /* ROWS_PARAMS STEM layers gather their rows inside stem_ffn_forward/backward
+         * straight from the table: nothing reads a gathered copy */
+        if (stem_config_stem_index(c, l) < 0 || rows_mode != ROWS_PARAMS) TAKE(a->u[l], N * F);
+        else if (base) a->u[l] = NULL;
         TAKE(a->mm[l], N * F);
     }
     TAKE(a->h_out, N * D);
@@ -485,19 +490,19 @@ static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int las
     return off;
 }
 
-static StemActs *acts_prepare(StemModel *m, int B, int T, int last_only)
+static StemActs *acts_prepare(StemModel *m, int B, int T, int last_only, int rows_mode)
 {
     const StemKernels *k = m->k;
     StemActs *a = m->acts;
     if (!a) a = m->acts = g_new0(StemActs, 1);
-    size_t need = acts_carve(a, &m->cfg, B, T, last_only, NULL);
+    size_t need = acts_carve(a, &m->cfg, B, T, last_only, rows_mode, NULL);
     if (need > a->cap) {
         k->free(a->arena);
         a->arena = k->alloc(need * sizeof(float));
         if (!a->arena) g_error("out of %s memory for activations (%zu MB)", k->name, need * 4 >> 20);
         a->cap = need;
     }
-    acts_carve(a, &m->cfg, B, T, last_only, a->arena);
+    acts_carve(a, &m->cfg, B, T, last_only, rows_mode, a->arena);
     size_t N = (size_t)B * T;
     if (N > a->ids_cap) {
         a->ids = g_renew(int32_t, a->ids, N);
@@ -517,6 +522,7 @@ static StemActs *acts_prepare(StemModel *m, int B, int T, int last_only)
     a->B = B;
     a->T = T;
     a->last_only = last_only;
+    a->rows_mode = rows_mode;
     a->h_logits_ok = a->h_res_ok = FALSE;
     return a;
 }
@@ -552,7 +558,8 @@ float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *target
     const int hd = D / H, N = B * T;
     g_return_val_if_fail(T >= 1 && T <= c->seq_len && B >= 1, NAN);
     bind_host_views(m);
-    StemActs *a = acts_prepare(m, B, T, last_only && !targets);
+    StemActs *a = acts_prepare(m, B, T, last_only && !targets,
+                               stem_config_n_stem(c) > 0 ? rows_mode(m) : ROWS_PARAMS);
     const StemWeights *W = &m->dw;
     memcpy(a->ids, ids, sizeof(int32_t) * (size_t)N);
     a->has_targets = targets != NULL;
@@ -561,7 +568,6 @@ float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *target
         K->upload(a->dids, a->ids, sizeof(int32_t) * (size_t)N);
         if (targets) K->upload(a->dtargets, a->targets, sizeof(int32_t) * (size_t)N);
     }
-    a->rows_mode = stem_config_n_stem(c) > 0 ? rows_mode(m) : ROWS_PARAMS;
     if (a->rows_mode == ROWS_OFFLOAD) {
         GError *e = NULL;
         if (!stem_offload_begin(offload_for(m, N), a->ids, N, &e)) {
@@ -579,8 +585,7 @@ float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *target
         K->matmul_forward(a->q[l], a->a[l], L->wq, N, D, H * hd, 0);
         K->matmul_forward(a->k[l], a->a[l], L->wk, N, D, KV * hd, 0);
         K->matmul_forward(a->v[l], a->a[l], L->wv, N, D, KV * hd, 0);
-        K->rope_forward(a->q[l], B, T, H, hd, c->rope_theta);
-        K->rope_forward(a->k[l], B, T, KV, hd, c->rope_theta);
+        K->rope_qk_forward(a->q[l], a->k[l], B, T, H, KV, hd, c->rope_theta);
         K->attention_forward(a->o[l], a->att[l], a->q[l], a->k[l], a->v[l], B, T, H, KV, hd);
         K->copy(a->h_mid[l], x, sizeof(float) * (size_t)N * D);
         K->matmul_forward(a->h_mid[l], a->o[l], L->wo, N, H * hd, D, 1);
@@ -588,11 +593,14 @@ float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *target
         K->rmsnorm_forward(a->f[l], a->rstd2[l], a->h_mid[l], L->ffn_norm, N, D, c->norm_eps);
         K->matmul_forward(a->g[l], a->f[l], L->w1, N, D, F, 0);
         int j = stem_config_stem_index(c, l);
-        if (j < 0) K->matmul_forward(a->u[l], a->f[l], L->w3, N, D, F, 0);
-        else if (a->rows_mode == ROWS_PARAMS) K->embedding_forward(a->u[l], W->stem[j], a->dids, N, F);
-        else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_rows(m->offload, j, a->u[l]);
-        else stem_tables_gather(m->tables, j, a->ids, N, a->u[l]);   /* host backend only */
-        K->swiglu_forward(a->mm[l], a->g[l], a->u[l], (size_t)N * F);
+        if (j >= 0 && a->rows_mode == ROWS_PARAMS) {
+            K->stem_ffn_forward(a->mm[l], a->g[l], W->stem[j], a->dids, N, F, (size_t)F);
+        } else {
+            if (j < 0) K->matmul_forward(a->u[l], a->f[l], L->w3, N, D, F, 0);
+            else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_rows(m->offload, j, a->u[l]);
+            else stem_tables_gather(m->tables, j, a->ids, N, a->u[l]);   /* host backend only */
+            K->swiglu_forward(a->mm[l], a->g[l], a->u[l], (size_t)N * F);
+        }
         float *next = l + 1 < c->n_layers ? a->x_in[l + 1] : a->h_out;
         K->copy(next, a->h_mid[l], sizeof(float) * (size_t)N * D);
         K->matmul_forward(next, a->mm[l], L->w2, N, F, D, 1);
@@ -682,13 +690,16 @@ void stem_model_backward(StemModel *m)
         /* FFN block: out = h_mid + W2 (silu(W1 f) * u); dres is d(out) and flows to h_mid */
         K->zero(a->dm, sizeof(float) * (size_t)N * F);
         K->matmul_backward(a->dm, G->w2, a->dres, a->mm[l], L->w2, N, F, D);
-        K->swiglu_backward(a->dg, a->du, a->dm, a->g[l], a->u[l], (size_t)N * F);
-        K->zero(a->dtmp, sizeof(float) * ND);
         int j = stem_config_stem_index(c, l);
+        if (j >= 0 && a->rows_mode == ROWS_PARAMS)   /* dg, and the table's gradient rows += du */
+            K->stem_ffn_backward(a->dg, Gw->stem[j], a->dm, a->g[l], W->stem[j], a->dids, (size_t)F, a->dids,
+                                 (size_t)F, N, F);
+        else
+            K->swiglu_backward(a->dg, a->du, a->dm, a->g[l], a->u[l], (size_t)N * F);
+        K->zero(a->dtmp, sizeof(float) * ND);
         if (j < 0) K->matmul_backward(a->dtmp, G->w3, a->du, a->f[l], L->w3, N, D, F);
         else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_accumulate_grad(m->offload, j, a->du);
-        else if (a->rows_mode == ROWS_PARAMS) K->embedding_backward(Gw->stem[j], a->du, a->dids, N, F);
-        else op_embedding_backward(m->g.stem[j], a->du, a->ids, N, F);   /* host backend only */
+        else if (a->rows_mode == ROWS_HOST) op_embedding_backward(m->g.stem[j], a->du, a->ids, N, F);
         K->matmul_backward(a->dtmp, G->w1, a->dg, a->f[l], L->w1, N, D, F);
         K->rmsnorm_backward(a->dres, G->ffn_norm, a->dtmp, a->h_mid[l], L->ffn_norm, a->rstd2[l], N, D);
 
@@ -697,8 +708,7 @@ void stem_model_backward(StemModel *m)
         K->matmul_backward(a->dO, G->wo, a->dres, a->o[l], L->wo, N, H * hd, D);
         K->attention_backward(a->dq, a->dk, a->dv, a->datt, a->dO, a->att[l], a->q[l], a->k[l], a->v[l],
                               B, T, H, KV, hd);
-        K->rope_backward(a->dq, B, T, H, hd, c->rope_theta);
-        K->rope_backward(a->dk, B, T, KV, hd, c->rope_theta);
+        K->rope_qk_backward(a->dq, a->dk, B, T, H, KV, hd, c->rope_theta);
         K->zero(a->dtmp, sizeof(float) * ND);
         K->matmul_backward(a->dtmp, G->wq, a->dq, a->a[l], L->wq, N, D, H * hd);
         K->matmul_backward(a->dtmp, G->wk, a->dk, a->a[l], L->wk, N, D, KV * hd);
