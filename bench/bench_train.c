@@ -72,12 +72,15 @@
  *    rows' AdamW) are caught by --wrap and shown as "(host)" families. */
 enum {
     P_MM_FWD, P_MM_DX, P_MM_DW, P_ATT_FWD, P_ATT_BWD, P_NORM_FWD, P_NORM_BWD, P_ROPE, P_GLU_FWD, P_GLU_BWD,
-    P_EMB_FWD, P_EMB_BWD, P_CE_FWD, P_CE_BWD, P_ADAMW, P_SUMSQ, P_ADD_SCALE, P_COPY_ZERO, P_ROWS, P_N
+    P_STEM_FWD, P_STEM_BWD, P_EMB_FWD, P_EMB_BWD, P_CE_FWD, P_CE_BWD, P_ADAMW, P_SUMSQ, P_ADD_SCALE, P_COPY_ZERO,
+    P_ROWS, P_N
 };
+/* rope counts rope_qk too, adamw counts adamw_rows: the same work, fused or not */
 static const char *prof_names[P_N] = {
     "matmul_fwd", "matmul_bwd_dx", "matmul_bwd_dw", "attention_fwd", "attention_bwd", "rmsnorm_fwd",
-    "rmsnorm_bwd", "rope", "swiglu_fwd", "swiglu_bwd", "embedding_gather", "embedding_scatter_add",
-    "crossentropy_fwd", "crossentropy_bwd", "adamw", "grad_sumsq", "add_scale", "copy_zero", "offload_rows"
+    "rmsnorm_bwd", "rope", "swiglu_fwd", "swiglu_bwd", "stem_ffn_fwd", "stem_ffn_bwd", "embedding_gather",
+    "embedding_scatter_add", "crossentropy_fwd", "crossentropy_bwd", "adamw", "grad_sumsq", "add_scale",
+    "copy_zero", "offload_rows"
 };
 /* [0]: the backend's kernels; [1]: op_* called directly on the host while a
  * device computes (only with a device) */
@@ -165,6 +168,16 @@ void __wrap_op_rope_backward(float *x, int B, int T, int nh, int hd, float theta
 {
     TIMED(P_ROPE, 0, REAL(op_rope_backward)(x, B, T, nh, hd, theta));
 }
+void REAL(op_rope_qk_forward)(float *, float *, int, int, int, int, int, float);
+void __wrap_op_rope_qk_forward(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    TIMED(P_ROPE, 0, REAL(op_rope_qk_forward)(q, k, B, T, nh, nkv, hd, theta));
+}
+void REAL(op_rope_qk_backward)(float *, float *, int, int, int, int, int, float);
+void __wrap_op_rope_qk_backward(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    TIMED(P_ROPE, 0, REAL(op_rope_qk_backward)(dq, dk, B, T, nh, nkv, hd, theta));
+}
 void REAL(op_attention_forward)(float *, float *, const float *, const float *, const float *, int, int, int, int, int);
 void __wrap_op_attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B, int T,
                                  int nh, int nkv, int hd)
@@ -189,6 +202,19 @@ void REAL(op_swiglu_backward)(float *, float *, const float *, const float *, co
 void __wrap_op_swiglu_backward(float *dg, float *du, const float *dm, const float *g, const float *u, size_t n)
 {
     TIMED(P_GLU_BWD, 0, REAL(op_swiglu_backward)(dg, du, dm, g, u, n));
+}
+void REAL(op_stem_ffn_forward)(float *, const float *, const float *, const int32_t *, int, int, size_t);
+void __wrap_op_stem_ffn_forward(float *m, const float *g, const float *rows, const int32_t *idx, int N, int F,
+                                size_t stride)
+{
+    TIMED(P_STEM_FWD, 0, REAL(op_stem_ffn_forward)(m, g, rows, idx, N, F, stride));
+}
+void REAL(op_stem_ffn_backward)(float *, float *, const float *, const float *, const float *, const int32_t *, size_t,
+                                const int32_t *, size_t, int, int);
+void __wrap_op_stem_ffn_backward(float *dg, float *drows, const float *dm, const float *g, const float *rows,
+                                 const int32_t *ridx, size_t rstride, const int32_t *gidx, size_t gstride, int N, int F)
+{
+    TIMED(P_STEM_BWD, 0, REAL(op_stem_ffn_backward)(dg, drows, dm, g, rows, ridx, rstride, gidx, gstride, N, F));
 }
 void REAL(op_embedding_forward)(float *, const float *, const int32_t *, int, int);
 void __wrap_op_embedding_forward(float *out, const float *table, const int32_t *ids, int N, int D)
@@ -222,6 +248,13 @@ void __wrap_op_adamw(float *p, const float *g, float *m, float *v, size_t n, flo
                      float wd, int t, float gs)
 {
     TIMED(P_ADAMW, 0, REAL(op_adamw)(p, g, m, v, n, lr, b1, b2, eps, wd, t, gs));
+}
+void REAL(op_adamw_rows)(float *, float *, float *, const float *, const int32_t *, int, int, size_t, float, float,
+                         float, float, float, int, float);
+void __wrap_op_adamw_rows(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W,
+                          size_t stride, float lr, float b1, float b2, float eps, float wd, int t, float gs)
+{
+    TIMED(P_ADAMW, 0, REAL(op_adamw_rows)(p, m, v, g, idx, N, W, stride, lr, b1, b2, eps, wd, t, gs));
 }
 double REAL(op_sumsq)(const float *, size_t);
 double __wrap_op_sumsq(const float *x, size_t n)
@@ -286,6 +319,14 @@ static void shim_rope_backward(float *x, int B, int T, int nh, int hd, float the
 {
     SHIM(P_ROPE, 0, prof_real->rope_backward(x, B, T, nh, hd, theta));
 }
+static void shim_rope_qk_forward(float *q, float *k, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    SHIM(P_ROPE, 0, prof_real->rope_qk_forward(q, k, B, T, nh, nkv, hd, theta));
+}
+static void shim_rope_qk_backward(float *dq, float *dk, int B, int T, int nh, int nkv, int hd, float theta)
+{
+    SHIM(P_ROPE, 0, prof_real->rope_qk_backward(dq, dk, B, T, nh, nkv, hd, theta));
+}
 static void shim_attention_forward(float *out, float *att, const float *q, const float *k, const float *v, int B,
                                    int T, int nh, int nkv, int hd)
 {
@@ -305,6 +346,17 @@ static void shim_swiglu_forward(float *m, const float *g, const float *u, size_t
 static void shim_swiglu_backward(float *dg, float *du, const float *dm, const float *g, const float *u, size_t n)
 {
     SHIM(P_GLU_BWD, 0, prof_real->swiglu_backward(dg, du, dm, g, u, n));
+}
+static void shim_stem_ffn_forward(float *m, const float *g, const float *rows, const int32_t *idx, int N, int F,
+                                  size_t stride)
+{
+    SHIM(P_STEM_FWD, 0, prof_real->stem_ffn_forward(m, g, rows, idx, N, F, stride));
+}
+static void shim_stem_ffn_backward(float *dg, float *drows, const float *dm, const float *g, const float *rows,
+                                   const int32_t *ridx, size_t rstride, const int32_t *gidx, size_t gstride, int N,
+                                   int F)
+{
+    SHIM(P_STEM_BWD, 0, prof_real->stem_ffn_backward(dg, drows, dm, g, rows, ridx, rstride, gidx, gstride, N, F));
 }
 static void shim_embedding_forward(float *out, const float *table, const int32_t *ids, int N, int D)
 {
@@ -332,6 +384,11 @@ static void shim_adamw(float *p, const float *g, float *m, float *v, size_t n, f
                        float wd, int t, float gs)
 {
     SHIM(P_ADAMW, 0, prof_real->adamw(p, g, m, v, n, lr, b1, b2, eps, wd, t, gs));
+}
+static void shim_adamw_rows(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W,
+                            size_t stride, float lr, float b1, float b2, float eps, float wd, int t, float gs)
+{
+    SHIM(P_ADAMW, 0, prof_real->adamw_rows(p, m, v, g, idx, N, W, stride, lr, b1, b2, eps, wd, t, gs));
 }
 static double shim_sumsq(const float *x, size_t n)
 {
@@ -396,6 +453,11 @@ static const StemKernels *prof_install(const StemKernels *k)
     prof_table.zero = shim_zero;
     prof_table.gather_rows = shim_gather_rows;
     prof_table.scatter_rows = shim_scatter_rows;
+    prof_table.stem_ffn_forward = shim_stem_ffn_forward;
+    prof_table.stem_ffn_backward = shim_stem_ffn_backward;
+    prof_table.rope_qk_forward = shim_rope_qk_forward;
+    prof_table.rope_qk_backward = shim_rope_qk_backward;
+    prof_table.adamw_rows = shim_adamw_rows;
     return &prof_table;
 }
 
