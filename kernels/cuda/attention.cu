@@ -14,7 +14,8 @@
  * the calls take device arrays of pointers, built by a tiny kernel into
  * scratch (SCRATCH_ATTN_PTRS): no host allocation, no upload, no sync.
  *
- * Causal skipping: the T query rows are cut into nblk row blocks of Tb rows.
+ * Causal skipping: the T query rows are cut into nblk row blocks of Tb rows
+ * (row_blocks: 2 from T = 256 on).
  * Query block [t0, t1) only needs keys [0, t1), and key block [u0, u1) only
  * gets gradient from queries [u0, T): each block is its own batched GEMM over
  * the smaller extent, which does (nblk + 1) / (2 nblk) of the full T x T work.
@@ -43,25 +44,32 @@
  *     -> gemm(T, N, m=t1, n=nt, k=hd, A=V lda=ks, B=dO+t0*qs ldb=qs, C=dS+t0*T ldc=T)
  *   dQ[t0:t1] = dS[t0:t1, 0:t1] K[0:t1]          (as O: V -> K, P -> dS)
  *     -> gemm(N, N, m=hd, n=nt, k=t1, A=K lda=ks, B=dS+t0*T ldb=T, C=dQ+t0*qs ldc=qs)
- * Backward, key block [u0, u1), nu = u1 - u0, kk = T - u0, for each head g of the group:
- *   dV[u0:u1] (+)= P[u0:T, u0:u1]^T dO[u0:T]
+ * Backward, key block [u0, u1), nu = u1 - u0, kk = T - u0, per query head h
+ * (dV_h, dK_h: row t at t*qs + h*hd, in scratch for GQA, dv/dk themselves for MHA):
+ *   dV_h[u0:u1] = P[u0:T, u0:u1]^T dO[u0:T]
  *     col-major: dV^T (hd x nu) = dO^T[:, u0:T] (hd x kk) . P[u0:T, u0:u1] (kk x nu)
  *     dO's storage from row u0 is dO^T (hd x kk, ld qs): op(A) = N. P's storage from
  *     (u0, u0) read column-major is P[u0:T, u0:u1]^T (nu x kk, ld T): op(B) = T
- *     -> gemm(N, T, m=hd, n=nu, k=kk, A=dO+u0*qs lda=qs, B=P+u0*T+u0 ldb=T, C=dV+u0*ks ldc=ks)
- *   dK[u0:u1] (+)= dS[u0:T, u0:u1]^T Q[u0:T]     (as dV: dO -> Q, P -> dS)
+ *     -> gemm(N, T, m=hd, n=nu, k=kk, A=dO+u0*qs lda=qs, B=P+u0*T+u0 ldb=T, C=dV_h+u0*qs ldc=qs)
+ *   dK_h[u0:u1] = dS[u0:T, u0:u1]^T Q[u0:T]      (as dV: dO -> Q, P -> dS)
  * Rows t < u0 are skipped because P and dS are 0 for t < u.
  *
  * GQA: the query heads of a group write the same dK/dV rows, so batched entries
- * must not share an output. dK/dV run per head g of the group, batched over
- * (b, kv head), head g = 0 with beta 0 (overwrite) and the rest with beta 1:
- * the CPU's sum in head order, and no atomics.
+ * must not share an output (and a loop over the group with beta 1 would leave
+ * batches of only B*nkv small products). With nkv < nh each query head writes
+ * its own partial dK/dV [B*T, nh*hd] into scratch, and a small kernel sums the
+ * grp partials of each kv head into dk/dv in head order, as the CPU does (no
+ * atomics, overwrite). MHA writes dk/dv directly.
  *
  * Precision: inputs and outputs stay fp32; the GEMMs use g_cu.gemm_compute,
  * except that cuBLAS wants every pointer of a pointer-array call 16-byte
  * aligned in the fast (tf32/bf16) modes and cannot check device-side arrays,
  * so shapes whose pointers are not (hd or T*T not a multiple of 4, say) fall
- * back to exact fp32. The softmax is always fp32 (expf, as the CPU). */
+ * back to exact fp32. The softmax is always fp32 (expf, as the CPU).
+ *
+ * Scratch (SCRATCH_ATTN_PTRS, grows, never shrinks): the pointer arrays, 8 bytes
+ * x 5 per (b, h) per row block forward and x 11 backward; with GQA also the two
+ * partial gradients, 2 x B*T*nh*hd floats. */
 #include "cuda_internal.h"
 
 #include <limits.h>
@@ -84,15 +92,15 @@ static void check_shape(int B, int T, int nh, int nkv, int hd)
     }
 }
 
-/* Row blocks for the causal skip: about 128 rows each, at most 16 blocks (each
- * block is one more GEMM launch per product), Tb a multiple of 32 so that the
- * block offsets t0*T, t0*qs, u0*(T+1) keep 16-byte alignment. T <= 191 is one
- * block: the launches would cost more than the skipped work. */
+/* Row blocks for the causal skip. Measured on an H100 (fp32, nh=16, hd=64,
+ * B=8 T=512 and B=2 T=2048): 2 blocks beat 1 by 15-19% forward and backward,
+ * while 4, 8, 16 and 32 lose again (smaller GEMMs run less efficiently, and
+ * each block is one more launch per product). So T >= 256 takes 2 blocks (3/4
+ * of the full work) and shorter T one. Tb is a multiple of 32 so that the
+ * block offsets t0*T, t0*qs, u0*(T+1) keep 16-byte alignment. */
 static void row_blocks(int T, int *tb, int *nblk)
 {
-    int n = T / 128;
-    if (n < 1) n = 1;
-    if (n > 16) n = 16;
+    const int n = T >= 256 ? 2 : 1;
     int b = (T + n - 1) / n;
     b = (b + 31) / 32 * 32;
     *tb = b;
@@ -165,6 +173,26 @@ static unsigned row_grid(size_t rows)
 {
     size_t b = (rows + ROW_WARPS - 1) / ROW_WARPS;
     return (unsigned)(b < 1048576 ? b : 1048576);   /* grid-stride over the rest */
+}
+
+/* dk, dv [B*T, nkv*hd] = sum over the grp query heads of kv head kh of the
+ * partials pdk, pdv [B*T, nh*hd] (heads kh*grp .. kh*grp + grp - 1), in head
+ * order; n = B*T*nkv*hd. Consecutive threads read consecutive d (coalesced). */
+__global__ void attn_group_sum_k(float *dk, float *dv, const float *pdk, const float *pdv, size_t n, int nkv,
+                                 int hd, int grp)
+{
+    const size_t ks = (size_t)nkv * hd, qs = ks * grp;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / ks, c = i % ks, kh = c / hd, d = c % hd;
+        const size_t src = r * qs + kh * grp * hd + d;
+        float a = 0.0f, b = 0.0f;
+        for (int g = 0; g < grp; g++) {
+            a += pdk[src + (size_t)g * hd];
+            b += pdv[src + (size_t)g * hd];
+        }
+        dk[i] = a;
+        dv[i] = b;
+    }
 }
 
 /* One warp per row r of att [rows, T] (rows = B*nh*T, query position t = r % T):
@@ -258,13 +286,27 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
 {
     if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
     check_shape(B, T, nh, nkv, hd);
-    const int grp = nh / nkv, qbatch = B * nh, kvbatch = B * nkv;
+    const int grp = nh / nkv, batch = B * nh;
     const long long qs = (long long)nh * hd, ks = (long long)nkv * hd, TT = (long long)T * T;
     int Tb, nblk;
     row_blocks(T, &Tb, &nblk);
 
-    /* query-side products, batch entry i = b*nh + h, query blocks */
+    /* scratch: the pointer arrays, then (GQA) the per-query-head partials */
     enum { QV, QDO, QDS, QK, QDQ, NQ };
+    enum { KDO, KP, KDV, KQ, KDS, KDK, NK };
+    const size_t nq = (size_t)nblk * NQ * batch, nk = (size_t)nblk * NK * batch;
+    const size_t ptr_bytes = (sizeof(void *) * (nq + nk) + 255) / 256 * 256;
+    const size_t part = grp > 1 ? (size_t)B * T * qs : 0;   /* floats per partial gradient */
+    char *scr = (char *)stem_cuda_scratch(SCRATCH_ATTN_PTRS, ptr_bytes + 2 * sizeof(float) * part);
+    void **ptrs = (void **)scr;
+    /* dK/dV targets: row t of query head h at t*qs + h*hd, in the partials or
+     * (MHA: h == kh, qs == ks) directly in dk/dv */
+    float *tdk = grp > 1 ? (float *)(scr + ptr_bytes) : dk;
+    float *tdv = grp > 1 ? tdk + part : dv;
+
+    /* batch entry i = b*nh + h for both sets; query blocks for the first,
+     * key blocks for the second: row u0 of the [T, hd] operands and (u0, u0)
+     * of the [T, T] ones (srow T + 1) */
     const PtrSpec qspecs[NQ] = {
         /* base          sb          sh       skh  srow */
         { v,             T * ks,     0,       hd,  0 },    /* V[0:t1] */
@@ -273,34 +315,27 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
         { k,             T * ks,     0,       hd,  0 },    /* K[0:t1] */
         { dq,            T * qs,     hd,      0,   qs },   /* dQ[t0:t1] */
     };
-    /* key-side products for head g of each group, batch entry i = b*nkv + kh
-     * (query head kh*grp + g), key blocks: row u0 of the [T, hd] operands, and
-     * (u0, u0) of the [T, T] ones (srow T + 1) */
-    enum { KDO, KP, KDV, KQ, KDS, KDK, NK };
     const PtrSpec kspecs[NK] = {
         { dout,          T * qs,     hd,      0,   qs },   /* dO[u0:T] */
         { att,           nh * TT,    TT,      0,   T + 1 },/* P[u0:T, u0:u1] */
-        { dv,            T * ks,     0,       hd,  ks },   /* dV[u0:u1] */
+        { tdv,           T * qs,     hd,      0,   qs },   /* dV_h[u0:u1] */
         { q,             T * qs,     hd,      0,   qs },   /* Q[u0:T] */
         { scratch,       nh * TT,    TT,      0,   T + 1 },/* dS[u0:T, u0:u1] */
-        { dk,            T * ks,     0,       hd,  ks },   /* dK[u0:u1] */
+        { tdk,           T * qs,     hd,      0,   qs },   /* dK_h[u0:u1] */
     };
-    const size_t nq = (size_t)nblk * NQ * qbatch, nk = (size_t)nblk * NK * kvbatch;   /* nk per head g */
-    void **ptrs = (void **)stem_cuda_scratch(SCRATCH_ATTN_PTRS, sizeof(void *) * (nq + (size_t)grp * nk));
-    int aligned = build_ptrs(ptrs, qspecs, NQ, qbatch, nh, 1, 0, grp, nblk, Tb);
-    for (int g = 0; g < grp; g++)
-        aligned &= build_ptrs(ptrs + nq + (size_t)g * nk, kspecs, NK, kvbatch, nkv, grp, g, grp, nblk, Tb);
+    int aligned = build_ptrs(ptrs, qspecs, NQ, batch, nh, 1, 0, grp, nblk, Tb);
+    aligned &= build_ptrs(ptrs + nq, kspecs, NK, batch, nh, 1, 0, grp, nblk, Tb);
     const cublasComputeType_t compute = aligned ? g_cu.gemm_compute : CUBLAS_COMPUTE_32F;
-#define PQ_(blk, s) (ptrs + ((size_t)(blk) * NQ + (s)) * qbatch)
-#define PK_(g, blk, s) (ptrs + nq + (size_t)(g) * nk + ((size_t)(blk) * NK + (s)) * kvbatch)
+#define PQ_(blk, s) (ptrs + ((size_t)(blk) * NQ + (s)) * batch)
+#define PK_(blk, s) (ptrs + nq + ((size_t)(blk) * NK + (s)) * batch)
 
     /* dP = dO V^T into scratch, then dS in place */
     for (int blk = 0; blk < nblk; blk++) {
         const int t0 = blk * Tb, t1 = t0 + Tb < T ? t0 + Tb : T;
         gemm_batched(CUBLAS_OP_T, CUBLAS_OP_N, t1, t1 - t0, hd, 1.0f, PQ_(blk, QV), (int)ks, PQ_(blk, QDO), (int)qs,
-                     0.0f, PQ_(blk, QDS), T, qbatch, compute);
+                     0.0f, PQ_(blk, QDS), T, batch, compute);
     }
-    const size_t rows = (size_t)qbatch * T;
+    const size_t rows = (size_t)batch * T;
     attn_softmax_bwd_k<<<row_grid(rows), ROW_WARPS * 32, 0, g_cu.compute>>>(scratch, att, rows, T,
                                                                              1.0f / sqrtf((float)hd));
     LAUNCH_CHECK();
@@ -308,18 +343,20 @@ void cu_attention_backward(float *dq, float *dk, float *dv, float *scratch, cons
     for (int blk = 0; blk < nblk; blk++) {
         const int t0 = blk * Tb, t1 = t0 + Tb < T ? t0 + Tb : T;
         gemm_batched(CUBLAS_OP_N, CUBLAS_OP_N, hd, t1 - t0, t1, 1.0f, PQ_(blk, QK), (int)ks, PQ_(blk, QDS), T,
-                     0.0f, PQ_(blk, QDQ), (int)qs, qbatch, compute);
+                     0.0f, PQ_(blk, QDQ), (int)qs, batch, compute);
     }
-    /* dV = sum_g P_g^T dO_g, dK = sum_g dS_g^T Q_g: g = 0 overwrites, the rest add */
-    for (int g = 0; g < grp; g++) {
-        const float beta = g == 0 ? 0.0f : 1.0f;
-        for (int blk = 0; blk < nblk; blk++) {
-            const int u0 = blk * Tb, u1 = u0 + Tb < T ? u0 + Tb : T;
-            gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, u1 - u0, T - u0, 1.0f, PK_(g, blk, KDO), (int)qs,
-                         PK_(g, blk, KP), T, beta, PK_(g, blk, KDV), (int)ks, kvbatch, compute);
-            gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, u1 - u0, T - u0, 1.0f, PK_(g, blk, KQ), (int)qs,
-                         PK_(g, blk, KDS), T, beta, PK_(g, blk, KDK), (int)ks, kvbatch, compute);
-        }
+    /* dV_h = P_h^T dO_h, dK_h = dS_h^T Q_h (overwrite) */
+    for (int blk = 0; blk < nblk; blk++) {
+        const int u0 = blk * Tb, u1 = u0 + Tb < T ? u0 + Tb : T;
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, u1 - u0, T - u0, 1.0f, PK_(blk, KDO), (int)qs, PK_(blk, KP), T,
+                     0.0f, PK_(blk, KDV), (int)qs, batch, compute);
+        gemm_batched(CUBLAS_OP_N, CUBLAS_OP_T, hd, u1 - u0, T - u0, 1.0f, PK_(blk, KQ), (int)qs, PK_(blk, KDS), T,
+                     0.0f, PK_(blk, KDK), (int)qs, batch, compute);
+    }
+    if (grp > 1) {
+        const size_t n = (size_t)B * T * ks;
+        attn_group_sum_k<<<ew_blocks(n), EW_THREADS, 0, g_cu.compute>>>(dk, dv, tdk, tdv, n, nkv, hd, grp);
+        LAUNCH_CHECK();
     }
 #undef PQ_
 #undef PK_

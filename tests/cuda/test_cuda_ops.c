@@ -993,12 +993,12 @@ int main(void)
     t_attention(1, 512, 2, 1, 128, 33);   /* MQA, the longest context */
     t_attention(3, 1, 2, 1, 8, 34);       /* T = 1 */
     t_attention(65537, 2, 2, 1, 8, 35);   /* B over the 65535 grid.y/z limit */
-    /* the GEMM version (kernels/cuda/attention.cu): causal row blocks of ~128,
-     * one batched GEMM per (b, head) pair, batches sliced at 65535 */
+    /* the GEMM version (kernels/cuda/attention.cu): causal row blocks (two from
+     * T = 256 on), one batched GEMM entry per (b, head), batches sliced at 65535 */
     t_attention(2, 64, 8, 2, 32, 36);     /* GQA 4:1 (nh=8, nkv=2): dK/dV summed over the group */
     t_attention(1, 1, 8, 2, 16, 37);      /* T = 1 with GQA */
     t_attention(2, 300, 4, 4, 64, 38);    /* two row blocks (160 + 140), T not a multiple of 32 */
-    t_attention(1, 700, 8, 2, 64, 39);    /* five row blocks, the last ragged, GQA */
+    t_attention(1, 700, 8, 2, 64, 39);    /* row blocks 352 + 348, GQA 4:1 */
     t_attention(4100, 3, 16, 4, 8, 90);   /* B*nh = 65600 over 65535 with B under it */
     t_attention(2, 257, 4, 2, 20, 91);    /* odd T*T, hd 20: misaligned pointers keep fp32 even in tf32 */
     t_attention_math(2, 256, 8, 2, 64, STEM_MATH_TF32, TOL_ATT_TF32, 92);
