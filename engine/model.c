@@ -346,7 +346,7 @@ gboolean stem_model_set_device(StemModel *m, const StemKernels *k, int offload_c
         return FALSE;
     }
     gboolean training = m->grads != NULL;
-    if (!m->k->is_host) stem_model_sync_to_host(m);
+    stem_model_sync_to_host(m);   /* the host buffers are what the new backend starts from */
     acts_free(m, m->acts);
     m->acts = NULL;
     device_free(m);
@@ -375,6 +375,8 @@ gboolean stem_model_set_device(StemModel *m, const StemKernels *k, int offload_c
 
 void stem_model_sync_to_host(StemModel *m)
 {
+    /* offloaded tables train in a write-back cache, on every backend */
+    if (m->offload) stem_offload_flush(m->offload);
     if (m->k->is_host || !m->dev_params || !m->params) return;
     m->k->download(m->params, m->dev_params, m->n_dev_params * sizeof(float));
     if (m->dev_adam_m) {
@@ -407,7 +409,7 @@ struct StemActs {
     float *h_mid[STEM_MAX_LAYERS];/* [N, D] residual after attention */
     float *f[STEM_MAX_LAYERS];    /* [N, D] ffn-normed */
     float *g[STEM_MAX_LAYERS], *u[STEM_MAX_LAYERS], *mm[STEM_MAX_LAYERS]; /* [N, F] gate, up row, product
-                                     (u: NULL for STEM layers in ROWS_PARAMS mode, see acts_carve) */
+                                     (u: NULL for STEM layers but in ROWS_HOST mode, see acts_carve) */
     float *h_out;                 /* [N, D] final residual */
     float *rstd_f;                /* [N] */
     float *nf;                    /* [N, D] final normed */
@@ -463,9 +465,10 @@ static size_t acts_carve(StemActs *a, const StemConfig *c, int B, int T, int las
         TAKE(a->h_mid[l], N * D);
         TAKE(a->f[l], N * D);
         TAKE(a->g[l], N * F);
-        /* ROWS_PARAMS STEM layers gather their rows inside stem_ffn_forward/backward
-         * straight from the table: nothing reads a gathered copy */
-        if (stem_config_stem_index(c, l) < 0 || rows_mode != ROWS_PARAMS) TAKE(a->u[l], N * F);
+        /* STEM layers read their rows inside stem_ffn_forward/backward straight
+         * from the table or the row cache: nothing reads a gathered copy (only
+         * the host backend's overlay path gathers) */
+        if (stem_config_stem_index(c, l) < 0 || rows_mode == ROWS_HOST) TAKE(a->u[l], N * F);
         else if (base) a->u[l] = NULL;
         TAKE(a->mm[l], N * F);
     }
@@ -541,6 +544,7 @@ static int rows_mode(const StemModel *m)
 static StemOffload *offload_for(StemModel *m, int N)
 {
     if (m->offload && stem_offload_max_positions(m->offload) >= N) return m->offload;
+    if (m->offload) stem_offload_flush(m->offload);   /* trained rows go home before the store goes */
     stem_offload_free(m->offload);
     int cap = m->offload_capacity > 0 ? m->offload_capacity : m->cfg.vocab;
     GError *e = NULL;
@@ -595,9 +599,10 @@ float stem_model_forward(StemModel *m, const int32_t *ids, const int32_t *target
         int j = stem_config_stem_index(c, l);
         if (j >= 0 && a->rows_mode == ROWS_PARAMS) {
             K->stem_ffn_forward(a->mm[l], a->g[l], W->stem[j], a->dids, N, F, (size_t)F);
+        } else if (j >= 0 && a->rows_mode == ROWS_OFFLOAD) {
+            stem_offload_ffn_forward(m->offload, j, a->mm[l], a->g[l]);
         } else {
             if (j < 0) K->matmul_forward(a->u[l], a->f[l], L->w3, N, D, F, 0);
-            else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_rows(m->offload, j, a->u[l]);
             else stem_tables_gather(m->tables, j, a->ids, N, a->u[l]);   /* host backend only */
             K->swiglu_forward(a->mm[l], a->g[l], a->u[l], (size_t)N * F);
         }
@@ -694,11 +699,12 @@ void stem_model_backward(StemModel *m)
         if (j >= 0 && a->rows_mode == ROWS_PARAMS)   /* dg, and the table's gradient rows += du */
             K->stem_ffn_backward(a->dg, Gw->stem[j], a->dm, a->g[l], W->stem[j], a->dids, (size_t)F, a->dids,
                                  (size_t)F, N, F);
+        else if (j >= 0 && a->rows_mode == ROWS_OFFLOAD)   /* the same, rows in the offload store */
+            stem_offload_ffn_backward(m->offload, j, a->dg, a->dm, a->g[l]);
         else
             K->swiglu_backward(a->dg, a->du, a->dm, a->g[l], a->u[l], (size_t)N * F);
         K->zero(a->dtmp, sizeof(float) * ND);
         if (j < 0) K->matmul_backward(a->dtmp, G->w3, a->du, a->f[l], L->w3, N, D, F);
-        else if (a->rows_mode == ROWS_OFFLOAD) stem_offload_accumulate_grad(m->offload, j, a->du);
         else if (a->rows_mode == ROWS_HOST) op_embedding_backward(m->g.stem[j], a->du, a->ids, N, F);
         K->matmul_backward(a->dtmp, G->w1, a->dg, a->f[l], L->w1, N, D, F);
         K->rmsnorm_backward(a->dres, G->ffn_norm, a->dtmp, a->h_mid[l], L->ffn_norm, a->rstd2[l], N, D);

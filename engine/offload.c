@@ -62,7 +62,27 @@
  * deduplicated and kept DEFERRED: its lookup and copies happen in its begin(),
  * once chunk i is released (then it always fits: slots >= max_positions).
  * Lookups stay in staging order, so a chunk behind a deferred one is deferred
- * too. Nothing fails for lack of room; the copy just does not overlap. */
+ * too. Nothing fails for lack of room; the copy just does not overlap..
+ *
+ * ---- Training: a write-back cache of rows and moments ----
+ * The host keeps every row and its AdamW moments (the caller's buffers: the
+ * authoritative copy). Once training starts (the first step()), a cached unit
+ * carries its moments too (d_m, d_v beside cache): a miss uploads the row AND
+ * its moments from the host, and step() runs lazy AdamW on the DEVICE over the
+ * chunk's units (adamw_rows), marking them dirty. Nothing goes back per step:
+ * a dirty unit is written back (row and moments, device -> host) only when it
+ * leaves the cache -- evicted by a later lookup (before the miss's copy lands
+ * in its slot), dropped by an invalidation (flushed first) -- or on
+ * stem_offload_flush (the model calls it before the host buffers are read).
+ * So per step only the misses move, which is what makes offloaded training run
+ * near on-device speed; the arithmetic is op_adamw's, row by row, as before.
+ * Ordering: a write-back reads the device with download, which waits for all
+ * queued compute (the step that dirtied the unit included), and it runs before
+ * the miss's upload is queued on the copy queue, so the old unit leaves before
+ * the new one arrives. With an edit overlay present the device would hold
+ * EFFECTIVE rows (an edited row shadows its base), which must not be trained:
+ * step() then flushes and takes the step on the host (download the gradients,
+ * op_adamw on the base rows, re-upload the effective units and their moments). */
 #include "offload.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/pool.h"
@@ -98,7 +118,24 @@ struct StemOffload {
     int32_t *d_pslot;     /* backend [max_positions] slot per position of the current chunk */
     int32_t *d_inverse;   /* backend [max_positions] unique index per position */
     float *d_grad;        /* backend [max_unique, W] row gradients; NULL until training */
-    float *h_grad;        /* host [max_unique, W] */
+    float *h_grad;        /* host [max_unique, W]: the host-side step (overlay present); NULL until then */
+
+    /* Offloaded training, set up by the first step() (train_init): the cache is
+     * a WRITE-BACK cache of rows and their AdamW moments (see "Training" above). */
+    gboolean training;
+    float **hp, **hm, **hv;          /* [n_stem] the caller's host rows and moments ([vocab, F] each) */
+    float *d_m, *d_v;                /* backend [slots, W] moments of the cached units */
+    int32_t *d_uslot;                /* backend [max_unique] slot of each unique id of the stepped chunk */
+    float *staging_mv[N_BUFFERS];    /* host_alloc [max_unique, 2W]: the misses' moments, beside staging[b] */
+    guint8 *dirty;                   /* [slots] updated on the device since the host copy */
+    int n_dirty;
+    int wb_cap;                      /* units per write-back wave */
+    int32_t *d_wbidx;                /* backend [wb_cap] slots of a wave */
+    float *d_pack;                   /* backend [wb_cap, 3W] rows | m | v of a wave */
+    float *h_wb;                     /* host_alloc [wb_cap, 3W] */
+    int32_t *wb_slot, *wb_tok;       /* [slots] the units to write back */
+    guint64 wb_units;                /* units written back (statistics) */
+    int32_t *slot_token;             /* [slots] token whose unit a slot last received (-1: none) */
 
     float *staging[N_BUFFERS];   /* host_alloc [max_unique, W] */
     gboolean staging_used[N_BUFFERS];
@@ -210,6 +247,8 @@ StemOffload *stem_offload_new(StemTables *t, const StemKernels *k, int capacity,
     o->tmp_tok = g_new(int32_t, o->max_unique);
     o->tmp_slot = g_new(int32_t, o->max_unique);
     o->slot_mark = g_new0(guint32, o->slots);
+    o->slot_token = g_new(int32_t, o->slots);
+    for (int i = 0; i < o->slots; i++) o->slot_token[i] = -1;
     k->copy_stats(&o->copy0, &o->stall0);
     return o;
 }
@@ -224,12 +263,26 @@ void stem_offload_free(StemOffload *o)
         if (!o->staging[b]) continue;
         if (o->staging_used[b]) k->host_wait(b);
         k->host_free(o->staging[b]);
+        if (o->staging_mv[b]) k->host_free(o->staging_mv[b]);
     }
     k->free(o->cache);
     k->free(o->d_pslot);
     k->free(o->d_inverse);
     k->free(o->d_grad);
     g_free(o->h_grad);
+    k->free(o->d_m);
+    k->free(o->d_v);
+    k->free(o->d_uslot);
+    k->free(o->d_wbidx);
+    k->free(o->d_pack);
+    if (o->h_wb) k->host_free(o->h_wb);
+    g_free(o->hp);
+    g_free(o->hm);
+    g_free(o->hv);
+    g_free(o->dirty);
+    g_free(o->wb_slot);
+    g_free(o->wb_tok);
+    g_free(o->slot_token);
     stem_rowcache_free(o->rc);
     stem_dedup_free(o->dedup);
     for (int r = 0; r < N_RECORDS; r++) {
@@ -251,6 +304,50 @@ int stem_offload_max_positions(const StemOffload *o) { return o->max_positions; 
 
 /* ------------------------------------------------------------------ copies */
 
+/* Host-side copies of whole units, split over the thread pool (memory-bound
+ * and large: a miss or a write-back moves n_stem * F floats, three times when
+ * training). The tables' readers and the caller's buffers are only read, or
+ * written at disjoint rows, so ranges are independent. */
+typedef struct {
+    StemOffload *o;
+    const int32_t *tokens;
+    float *rows, *mv;     /* gather: staging (rows; moments m units then v units) */
+    const float *packed;  /* scatter: [n, W] rows | [n, W] m | [n, W] v */
+    int n;
+} UnitCopy;
+
+static void gather_units_part(void *p, size_t b, size_t e)
+{
+    const UnitCopy *c = p;
+    const StemOffload *o = c->o;
+    const size_t W = (size_t)o->W, F = (size_t)o->F;
+    for (size_t u = b; u < e; u++) {
+        const size_t off = (size_t)c->tokens[u] * F;
+        for (int j = 0; j < o->n_stem; j++) {
+            stem_tables_row(o->t, j, c->tokens[u], c->rows + u * W + (size_t)j * F);
+            if (!o->training) continue;   /* the moments travel with the row */
+            memcpy(c->mv + u * W + (size_t)j * F, o->hm[j] + off, F * sizeof(float));
+            memcpy(c->mv + ((size_t)o->max_unique + u) * W + (size_t)j * F, o->hv[j] + off, F * sizeof(float));
+        }
+    }
+}
+
+static void scatter_units_part(void *p, size_t b, size_t e)
+{
+    const UnitCopy *c = p;
+    const StemOffload *o = c->o;
+    const size_t W = (size_t)o->W, F = (size_t)o->F, nW = (size_t)c->n * W;
+    for (size_t u = b; u < e; u++) {
+        const size_t off = (size_t)c->tokens[u] * F;
+        for (int j = 0; j < o->n_stem; j++) {
+            const float *src = c->packed + u * W + (size_t)j * F;
+            memcpy(o->hp[j] + off, src, F * sizeof(float));
+            memcpy(o->hm[j] + off, src + nW, F * sizeof(float));
+            memcpy(o->hv[j] + off, src + 2 * nW, F * sizeof(float));
+        }
+    }
+}
+
 /* Gather the effective rows of tokens[m] (all STEM layers) into a staging
  * buffer and enqueue their copies into slots[m], one copy per run of
  * consecutive slots. m <= max_unique. Returns the fence recorded after them. */
@@ -260,20 +357,64 @@ static int upload_units(StemOffload *o, const int32_t *tokens, const int32_t *sl
     const int b = o->next_buf;
     o->next_buf = (b + 1) % N_BUFFERS;
     if (o->staging_used[b]) k->host_wait(b);   /* R3: its previous copies have left it */
-    float *buf = o->staging[b];
+    float *buf = o->staging[b], *mv = o->staging_mv[b];
     const size_t W = (size_t)o->W;
-    for (int u = 0; u < m; u++)
-        for (int j = 0; j < o->n_stem; j++)
-            stem_tables_row(o->t, j, tokens[u], buf + (size_t)u * W + (size_t)j * o->F);
+    UnitCopy uc = { .o = o, .tokens = tokens, .rows = buf, .mv = mv };
+    pool_for((size_t)m, 8, gather_units_part, &uc);
+    for (int u = 0; u < m; u++) o->slot_token[slots[u]] = tokens[u];
     for (int u = 0; u < m;) {
         int e = u + 1;
         while (e < m && slots[e] == slots[e - 1] + 1) e++;
-        k->upload_async(o->cache + (size_t)slots[u] * W, buf + (size_t)u * W, (size_t)(e - u) * W * sizeof(float));
+        const size_t bytes = (size_t)(e - u) * W * sizeof(float);
+        k->upload_async(o->cache + (size_t)slots[u] * W, buf + (size_t)u * W, bytes);
+        if (o->training) {
+            k->upload_async(o->d_m + (size_t)slots[u] * W, mv + (size_t)u * W, bytes);
+            k->upload_async(o->d_v + (size_t)slots[u] * W, mv + ((size_t)o->max_unique + u) * W, bytes);
+        }
         u = e;
     }
     k->fence_record(b);
     o->staging_used[b] = TRUE;
     return b;
+}
+
+/* Write the units in slots[n] (tokens[n]: whose they are) back to the host:
+ * rows and moments, device -> host, in waves of wb_cap (packed on the device by
+ * three gathers, one download). The download waits for every queued compute,
+ * so the step that dirtied a unit has finished when it is read. */
+static void writeback_units(StemOffload *o, const int32_t *slots, const int32_t *tokens, int n)
+{
+    const StemKernels *k = o->k;
+    const size_t W = (size_t)o->W;
+    for (int w0 = 0; w0 < n; w0 += o->wb_cap) {
+        const int nw = MIN(o->wb_cap, n - w0);
+        k->upload(o->d_wbidx, slots + w0, (size_t)nw * sizeof(int32_t));
+        k->gather_rows(o->d_pack, o->cache, o->d_wbidx, nw, o->W, W);
+        k->gather_rows(o->d_pack + (size_t)nw * W, o->d_m, o->d_wbidx, nw, o->W, W);
+        k->gather_rows(o->d_pack + 2 * (size_t)nw * W, o->d_v, o->d_wbidx, nw, o->W, W);
+        k->download(o->h_wb, o->d_pack, 3 * (size_t)nw * W * sizeof(float));
+        o->reads_pending = FALSE;   /* download waits for everything queued before it */
+        UnitCopy uc = { .o = o, .tokens = tokens + w0, .packed = o->h_wb, .n = nw };
+        pool_for((size_t)nw, 8, scatter_units_part, &uc);
+        for (int u = 0; u < nw; u++) o->dirty[slots[w0 + u]] = 0;
+        o->n_dirty -= nw;
+        o->wb_units += (guint64)nw;
+    }
+}
+
+void stem_offload_flush(StemOffload *o)
+{
+    g_return_if_fail(o);
+    if (o->n_dirty == 0) return;
+    int n = 0;
+    for (int s = 0; s < o->slots; s++)
+        if (o->dirty[s]) {
+            o->wb_slot[n] = s;
+            o->wb_tok[n] = o->slot_token[s];
+            n++;
+        }
+    g_assert(n == o->n_dirty);
+    writeback_units(o, o->wb_slot, o->wb_tok, n);
 }
 
 static gboolean stale(const StemOffload *o)
@@ -286,7 +427,9 @@ static gboolean stale(const StemOffload *o)
 static gboolean lookup(StemOffload *o, Chunk *c)
 {
     if (stem_rowcache_chunks_in_flight(o->rc) == 0 && stale(o)) {
-        /* nothing pinned: drop everything, the overlay is read afresh from here */
+        /* nothing pinned: drop everything, the overlay is read afresh from here
+         * (trained units go home first) */
+        stem_offload_flush(o);
         stem_rowcache_sync_overlay(o->rc, o->t, NULL, 0, NULL);
         o->invalid_pending = FALSE;
     }
@@ -302,6 +445,19 @@ static gboolean lookup(StemOffload *o, Chunk *c)
     }
     for (int i = 0; i < c->n; i++) c->pslot[i] = c->uslot[c->inverse[i]];
     c->fence = -1;
+    if (k > 0 && o->n_dirty > 0) {
+        /* a miss's slot may hold a trained unit (evicted just now): it goes home
+         * before the miss's copy is queued into its slot */
+        int nw = 0;
+        for (int q = 0; q < k; q++) {
+            const int32_t slot = c->uslot[o->tmp_miss[q]];
+            if (!o->dirty[slot]) continue;
+            o->wb_slot[nw] = slot;
+            o->wb_tok[nw] = o->slot_token[slot];
+            nw++;
+        }
+        if (nw > 0) writeback_units(o, o->wb_slot, o->wb_tok, nw);
+    }
     if (k > 0) {
         for (int q = 0; q < k; q++) {
             o->tmp_tok[q] = c->unique[o->tmp_miss[q]];
@@ -439,7 +595,9 @@ gboolean stem_offload_begin(StemOffload *o, const int32_t *ids, int n, GError **
 
     int refresh_fence = -1;
     if (stale(o) && stem_rowcache_chunks_in_flight(o->rc) > 0) {
-        /* the overlay changed (or invalidate_all) after staged chunks were looked up */
+        /* the overlay changed (or invalidate_all) after staged chunks were looked up;
+         * the refresh reads the host, so trained units go home first */
+        stem_offload_flush(o);
         stem_rowcache_invalidate_unpinned(o->rc, o->t);
         refresh_fence = refresh_staged(o);
         o->invalid_pending = FALSE;
@@ -490,7 +648,6 @@ static void ensure_grad(StemOffload *o)
     if (!o->d_grad)
         g_error("offloaded tables: cannot allocate %.1f MiB of %s memory for the row gradients", bytes / 1048576.0,
                 o->k->name);
-    o->h_grad = g_malloc(bytes);
     const Chunk *c = &o->rec[o->cur];
     if (c->n_unique > 0) o->k->zero(o->d_grad, (size_t)c->n_unique * o->W * sizeof(float));
 }
@@ -505,6 +662,27 @@ void stem_offload_accumulate_grad(StemOffload *o, int j, const float *du)
     o->reads_pending = TRUE;
 }
 
+void stem_offload_ffn_forward(StemOffload *o, int j, float *m, const float *g)
+{
+    g_return_if_fail(o && o->cur >= 0 && j >= 0 && j < o->n_stem);
+    const Chunk *c = &o->rec[o->cur];
+    if (c->n == 0) return;
+    o->k->stem_ffn_forward(m, g, o->cache + (size_t)j * o->F, o->d_pslot, c->n, o->F, (size_t)o->W);
+    o->reads_pending = TRUE;
+}
+
+void stem_offload_ffn_backward(StemOffload *o, int j, float *dg, const float *dm, const float *g)
+{
+    g_return_if_fail(o && o->cur >= 0 && j >= 0 && j < o->n_stem);
+    ensure_grad(o);
+    const Chunk *c = &o->rec[o->cur];
+    if (c->n == 0) return;
+    /* rows by slot, gradients by unique index (begin() zeroed them) */
+    o->k->stem_ffn_backward(dg, o->d_grad + (size_t)j * o->F, dm, g, o->cache + (size_t)j * o->F, o->d_pslot,
+                            (size_t)o->W, o->d_inverse, (size_t)o->W, c->n, o->F);
+    o->reads_pending = TRUE;
+}
+
 double stem_offload_grad_sumsq(StemOffload *o)
 {
     g_return_val_if_fail(o, 0.0);
@@ -513,6 +691,82 @@ double stem_offload_grad_sumsq(StemOffload *o)
     double s = o->k->sumsq(o->d_grad, (size_t)c->n_unique * o->W);
     o->reads_pending = FALSE;   /* a scalar op waits for everything queued before it */
     return s;
+}
+
+static void *train_alloc(StemOffload *o, size_t bytes, const char *what)
+{
+    void *p = o->k->alloc(bytes);
+    if (!p)
+        g_error("offloaded tables: cannot allocate %.1f MiB of %s memory for %s", bytes / 1048576.0, o->k->name,
+                what);
+    return p;
+}
+
+static void *train_host_alloc(StemOffload *o, size_t bytes, const char *what)
+{
+    void *p = o->k->host_alloc(bytes);
+    if (!p) g_error("offloaded tables: cannot allocate %.1f MiB of pinned host memory for %s", bytes / 1048576.0, what);
+    return p;
+}
+
+/* The caller's host buffers: kept for write-backs and the misses' moments
+ * (they may move between steps, e.g. a model that reallocated them). */
+static void set_host_buffers(StemOffload *o, float *const *params, float *const *adam_m, float *const *adam_v)
+{
+    for (int j = 0; j < o->n_stem; j++) {
+        o->hp[j] = params[j];
+        o->hm[j] = adam_m[j];
+        o->hv[j] = adam_v[j];
+    }
+}
+
+/* The first step: moments on the device for every cached unit (from here on a
+ * miss brings its own), and the write-back machinery. */
+static void train_init(StemOffload *o, float *const *params, float *const *adam_m, float *const *adam_v)
+{
+    const StemKernels *k = o->k;
+    const size_t W = (size_t)o->W, unit = W * sizeof(float);
+    o->hp = g_new(float *, o->n_stem);
+    o->hm = g_new(float *, o->n_stem);
+    o->hv = g_new(float *, o->n_stem);
+    set_host_buffers(o, params, adam_m, adam_v);
+    o->d_m = train_alloc(o, (size_t)o->slots * unit, "the cached rows' moments");
+    o->d_v = train_alloc(o, (size_t)o->slots * unit, "the cached rows' moments");
+    o->d_uslot = train_alloc(o, (size_t)o->max_unique * sizeof(int32_t), "the step's slot index");
+    /* write-back waves of at most 64 MiB (rows + moments) */
+    o->wb_cap = (int)MAX(1, MIN((size_t)o->max_unique, ((size_t)64 << 20) / (3 * unit)));
+    o->d_wbidx = train_alloc(o, (size_t)o->wb_cap * sizeof(int32_t), "the write-back index");
+    o->d_pack = train_alloc(o, (size_t)o->wb_cap * 3 * unit, "the write-back buffer");
+    o->h_wb = train_host_alloc(o, (size_t)o->wb_cap * 3 * unit, "the write-back buffer");
+    for (int b = 0; b < N_BUFFERS; b++)
+        o->staging_mv[b] = train_host_alloc(o, (size_t)o->max_unique * 2 * unit, "staging the moments");
+    o->dirty = g_new0(guint8, o->slots);
+    o->wb_slot = g_new(int32_t, o->slots);
+    o->wb_tok = g_new(int32_t, o->slots);
+    /* every resident unit (current, staged, or just cached) gets its moments;
+     * synchronous uploads through the (idle) first moment buffer */
+    float *buf = o->staging_mv[0];
+    int n = 0;
+    for (int s = 0; s <= o->slots; s++) {
+        const int tok = s < o->slots ? o->slot_token[s] : -1;
+        if (tok >= 0 && stem_rowcache_slot_of(o->rc, tok) == s) {
+            for (int j = 0; j < o->n_stem; j++) {
+                const size_t off = (size_t)tok * o->F;
+                memcpy(buf + (size_t)n * W + (size_t)j * o->F, adam_m[j] + off, (size_t)o->F * sizeof(float));
+                memcpy(buf + ((size_t)o->max_unique + n) * W + (size_t)j * o->F, adam_v[j] + off,
+                       (size_t)o->F * sizeof(float));
+            }
+            o->wb_slot[n++] = s;
+        }
+        if (n == o->max_unique || (s == o->slots && n > 0)) {
+            for (int u = 0; u < n; u++) {
+                k->upload(o->d_m + (size_t)o->wb_slot[u] * W, buf + (size_t)u * W, unit);
+                k->upload(o->d_v + (size_t)o->wb_slot[u] * W, buf + ((size_t)o->max_unique + u) * W, unit);
+            }
+            n = 0;
+        }
+    }
+    o->training = TRUE;
 }
 
 typedef struct {
@@ -537,6 +791,43 @@ static void row_step_part(void *p, size_t b, size_t e)
     }
 }
 
+/* The step on the host (an edit overlay is present: the device holds effective
+ * rows, which must not be trained). Everything is flushed first, so the host
+ * rows and moments are current; afterwards the chunk's units go back into
+ * their slots, effective rows and moments, clean. */
+static void host_step(StemOffload *o, const Chunk *c, const RowStepCtx *rs)
+{
+    const StemKernels *k = o->k;
+    const int nu = c->n_unique, F = o->F;
+    const size_t W = (size_t)o->W;
+    stem_offload_flush(o);
+    if (!o->h_grad) o->h_grad = g_malloc((size_t)o->max_unique * W * sizeof(float));
+    k->download(o->h_grad, o->d_grad, (size_t)nu * W * sizeof(float));
+    o->reads_pending = FALSE;   /* download waits for everything queued before it */
+    /* rows are independent: split them over the pool (op_adamw runs inline
+     * inside a task; elementwise, so the bits do not depend on the split) */
+    pool_for((size_t)nu, 16, row_step_part, (void *)rs);
+    /* the gradients are consumed: h_grad stages the units going back, the
+     * effective rows (an overlay row still shadows its base), then m, then v */
+    for (int pass = 0; pass < 3; pass++) {
+        float *dst = pass == 0 ? o->cache : pass == 1 ? o->d_m : o->d_v;
+        float *const *src = pass == 1 ? rs->adam_m : rs->adam_v;
+        if (pass > 0 && !o->training) break;
+        for (int u = 0; u < nu; u++)
+            for (int j = 0; j < o->n_stem; j++) {
+                float *out = o->h_grad + u * W + (size_t)j * F;
+                if (pass == 0) stem_tables_row(o->t, j, c->unique[u], out);
+                else memcpy(out, src[j] + (size_t)c->unique[u] * F, (size_t)F * sizeof(float));
+            }
+        for (int u = 0; u < nu;) {
+            int e = u + 1;
+            while (e < nu && c->uslot[e] == c->uslot[e - 1] + 1) e++;
+            k->upload(dst + (size_t)c->uslot[u] * W, o->h_grad + u * W, (size_t)(e - u) * W * sizeof(float));
+            u = e;
+        }
+    }
+}
+
 void stem_offload_step(StemOffload *o, float *const *params, float *const *adam_m, float *const *adam_v,
                        float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale)
 {
@@ -544,29 +835,28 @@ void stem_offload_step(StemOffload *o, float *const *params, float *const *adam_
     g_return_if_fail(stem_tables_dtype(o->t) == STEM_TABLE_F32);   /* params[j] must be the (fp32) base */
     const StemKernels *k = o->k;
     ensure_grad(o);   /* no gradient accumulated: the rows' gradients are zero */
+    if (!o->training) train_init(o, params, adam_m, adam_v);
+    else set_host_buffers(o, params, adam_m, adam_v);
     const Chunk *c = &o->rec[o->cur];
-    const int nu = c->n_unique, F = o->F;
-    const size_t W = (size_t)o->W;
+    const int nu = c->n_unique;
     if (nu == 0) return;
-    k->download(o->h_grad, o->d_grad, (size_t)nu * W * sizeof(float));
-    o->reads_pending = FALSE;   /* download waits for everything queued before it */
-    /* lazy AdamW: only this chunk's rows move; the moments sit at the rows'
-     * offsets. Rows are independent: split them over the pool (op_adamw runs
-     * inline inside a task; elementwise, so the bits do not depend on the split) */
     RowStepCtx rs = { .o = o, .c = c, .params = params, .adam_m = adam_m, .adam_v = adam_v, .lr = lr,
                       .beta1 = beta1, .beta2 = beta2, .eps = eps, .wd = wd, .t = t, .grad_scale = grad_scale };
-    pool_for((size_t)nu, 16, row_step_part, &rs);
-    /* keep the cache coherent: the updated EFFECTIVE units (an overlay row still
-     * shadows its base) go back into their slots; the gradients are consumed, so
-     * h_grad is the staging for it */
-    for (int u = 0; u < nu; u++)
-        for (int j = 0; j < o->n_stem; j++) stem_tables_row(o->t, j, c->unique[u], o->h_grad + u * W + (size_t)j * F);
-    for (int u = 0; u < nu;) {
-        int e = u + 1;
-        while (e < nu && c->uslot[e] == c->uslot[e - 1] + 1) e++;
-        k->upload(o->cache + (size_t)c->uslot[u] * W, o->h_grad + u * W, (size_t)(e - u) * W * sizeof(float));
-        u = e;
+    if (stem_tables_n_overrides(o->t) > 0) {
+        host_step(o, c, &rs);
+        return;
     }
+    /* lazy AdamW on the device, over the chunk's units in their slots (R4: the
+     * last reader of d_uslot, the previous step, was drained by this chunk's begin) */
+    k->upload(o->d_uslot, c->uslot, (size_t)nu * sizeof(int32_t));
+    k->adamw_rows(o->cache, o->d_m, o->d_v, o->d_grad, o->d_uslot, nu, o->W, (size_t)o->W, lr, beta1, beta2, eps, wd,
+                  t, grad_scale);
+    o->reads_pending = TRUE;
+    for (int u = 0; u < nu; u++)
+        if (!o->dirty[c->uslot[u]]) {
+            o->dirty[c->uslot[u]] = 1;
+            o->n_dirty++;
+        }
 }
 
 /* ------------------------------------------------------------------ invalidation, statistics */
@@ -575,6 +865,7 @@ void stem_offload_invalidate_all(StemOffload *o)
 {
     g_return_if_fail(o);
     if (stem_rowcache_chunks_in_flight(o->rc) == 0) {
+        stem_offload_flush(o);
         stem_rowcache_sync_overlay(o->rc, o->t, NULL, 0, NULL);
         o->invalid_pending = FALSE;
     } else {
@@ -595,6 +886,8 @@ void stem_offload_stats(StemOffload *o, StemOffloadStats *out)
     out->copy_ms = copy - o->copy0;
     out->stall_ms = stall - o->stall0;
     out->overlap = out->copy_ms > 0 ? 1.0 - out->stall_ms / out->copy_ms : 0.0;
+    out->written_back = o->wb_units;
+    out->bytes_written_back = o->wb_units * 3 * (guint64)o->W * sizeof(float);
     out->slots = o->slots;
     out->capacity = o->capacity;
 }
@@ -604,5 +897,6 @@ void stem_offload_reset_stats(StemOffload *o)
     g_return_if_fail(o);
     stem_rowcache_reset_stats(o->rc);
     o->positions = o->unique = 0;
+    o->wb_units = 0;
     o->k->copy_stats(&o->copy0, &o->stall0);
 }

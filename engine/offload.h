@@ -32,11 +32,16 @@
  * tokens changed), so the next chunk refetches the edited rows.
  *
  * Offloaded training (the reference's future work): gradients are accumulated
- * only for the chunk's unique rows on the device ([n_unique, n_stem * F]);
- * step() downloads them, runs AdamW on just those rows on the host with the
- * moments kept beside the rows (the caller's host buffers), writes the updated
- * rows back into the host tables and refreshes their cache slots. This is LAZY
- * AdamW (as torch.optim.SparseAdam): a row absent from the chunk is not
+ * only for the chunk's unique rows on the device ([n_unique, n_stem * F]).
+ * The host keeps every row and its AdamW moments (the caller's buffers, given
+ * to step()); once training starts, the cache is a WRITE-BACK cache of rows AND
+ * moments: a miss brings a unit's row and moments, step() runs AdamW on the
+ * device over the chunk's units and marks them dirty, and a dirty unit goes
+ * back to the host (row and moments) when it is evicted, invalidated, or on
+ * stem_offload_flush. Per step only the misses move. With an edit overlay
+ * present, step() flushes and updates the base rows on the host instead (the
+ * device holds effective rows). This is LAZY AdamW (as torch.optim.SparseAdam):
+ * a row absent from the chunk is not
  * touched at all, where dense AdamW would still move it by its momentum. */
 #ifndef STEM_ENGINE_OFFLOAD_H
 #define STEM_ENGINE_OFFLOAD_H
@@ -57,6 +62,8 @@ typedef struct {
     double dedup_saving;        /* 1 - unique / positions over all chunks */
     double copy_ms, stall_ms;   /* from the backend's copy_stats since creation / reset */
     double overlap;             /* 1 - stall / copy (0 when nothing was copied) */
+    guint64 written_back;       /* trained units written back to the host (row + moments each) */
+    guint64 bytes_written_back; /* written_back * 3 * n_stem * F * 4 */
     int slots;                  /* device units allocated */
     int capacity;               /* requested capacity */
 } StemOffloadStats;
@@ -91,6 +98,17 @@ double stem_offload_grad_sumsq(StemOffload *o);
  * must be the base the table store reads). Same arguments as op_adamw. */
 void stem_offload_step(StemOffload *o, float *const *params, float *const *adam_m, float *const *adam_v,
                        float lr, float beta1, float beta2, float eps, float wd, int t, float grad_scale);
+/* Write every trained unit still on the device back into the host buffers
+ * given to step() (rows and moments): after it, the host buffers are current.
+ * Call it before reading them (saving, analysing); no-op before training. */
+void stem_offload_flush(StemOffload *o);
+
+/* The STEM FFN gate fused with the row read (kernels.h stem_ffn_*):
+ * m[n, F] = silu(g) * rows of layer j for the current chunk's positions, and
+ * its backward: dg[n, F] (overwritten) and the chunk's row gradients
+ * (accumulated, as accumulate_grad). All backend memory, queued. */
+void stem_offload_ffn_forward(StemOffload *o, int j, float *m, const float *g);
+void stem_offload_ffn_backward(StemOffload *o, int j, float *dg, const float *dm, const float *g);
 
 /* The max_positions it was created with. */
 int stem_offload_max_positions(const StemOffload *o);

@@ -36,7 +36,9 @@ void stem_model_step(StemModel *m, const StemOptim *o, float lr_scale, float *no
 {
     /* The step runs where the parameters are (the backend's dev_* buffers:
      * the host buffers themselves on the CPU). Offloaded tables take their
-     * step on the host, row by row, in the offload store (lazy AdamW). */
+     * step in the offload store: lazy AdamW over the chunk's rows in its
+     * write-back cache (the host buffers are current after
+     * stem_model_sync_to_host). */
     const StemKernels *k = m->k;
     const size_t nb = m->n_backbone, nt = m->n_params - m->n_backbone;
     /* otherwise the tables are in dev_params (the host buffer itself on the CPU) */

@@ -17,7 +17,7 @@
 
 /* ------------------------------------------------------------------ lazy backends */
 
-typedef enum { OP_GATHER, OP_SCATTER, OP_ZERO, OP_COPY, OP_WAIT } OpKind;
+typedef enum { OP_GATHER, OP_SCATTER, OP_ZERO, OP_COPY, OP_WAIT, OP_ADAMW_ROWS } OpKind;
 typedef struct {
     OpKind kind;
     float *out;
@@ -26,6 +26,9 @@ typedef struct {
     int N, F;
     size_t stride, bytes;
     guint upto;        /* OP_WAIT: copies up to this count must have run */
+    float *m, *v;      /* OP_ADAMW_ROWS: out = params, src = gradients, F = W */
+    float hyper[6];    /* lr, beta1, beta2, eps, wd, grad_scale */
+    int t;
 } Op;
 typedef struct { void *dst; const void *src; size_t bytes; } Copy;
 
@@ -60,6 +63,13 @@ static void lz_drain(void)
         case OP_ZERO: memset(op->out, 0, op->bytes); break;
         case OP_COPY: memmove(op->out, op->src, op->bytes); break;
         case OP_WAIT: lz_run_copies(op->upto); break;
+        case OP_ADAMW_ROWS:
+            for (int r = 0; r < op->N; r++) {
+                const size_t off = (size_t)op->idx[r] * op->stride;
+                op_adamw(op->out + off, op->src + (size_t)r * op->F, op->m + off, op->v + off, (size_t)op->F,
+                         op->hyper[0], op->hyper[1], op->hyper[2], op->hyper[3], op->hyper[4], op->t, op->hyper[5]);
+            }
+            break;
         }
     }
     g_array_set_size(lz_ops, 0);
@@ -84,6 +94,13 @@ static void lz_upload(void *dst, const void *src, size_t bytes) { memcpy(dst, sr
 static void lz_download(void *dst, const void *src, size_t bytes) { lz_drain(); memcpy(dst, src, bytes); }
 static void lz_synchronize(void) { lz_drain(); }   /* the compute queue only */
 static double lz_sumsq(const float *x, size_t n) { lz_drain(); return op_sumsq(x, n); }
+static void lz_adamw_rows(float *p, float *m, float *v, const float *g, const int32_t *idx, int N, int W,
+                          size_t stride, float lr, float beta1, float beta2, float eps, float wd, int t,
+                          float grad_scale)
+{
+    lz_push((Op){ .kind = OP_ADAMW_ROWS, .out = p, .src = g, .idx = idx, .N = N, .F = W, .stride = stride, .m = m,
+                  .v = v, .hyper = { lr, beta1, beta2, eps, wd, grad_scale }, .t = t });
+}
 static void lz_upload_async(void *dst, const void *src, size_t bytes)
 {
     Copy c = { dst, src, bytes };
@@ -125,6 +142,7 @@ static const StemKernels *backend(Backend b)
     lazy_k.sumsq = lz_sumsq;
     lazy_k.gather_rows = lz_gather;
     lazy_k.scatter_rows = lz_scatter;
+    lazy_k.adamw_rows = lz_adamw_rows;
     return &lazy_k;
 }
 
@@ -577,16 +595,43 @@ static void torch_adamw(double *p, double *m, double *v, double g, double lr, do
 }
 
 
-/* Three steps over different chunks (with evictions between them, and prefetch when
+/* Eight steps over different chunks (with evictions between them, and prefetch when
  * depth is 1): rows touched by a chunk follow PyTorch's AdamW, every other row and its
  * moments stay bit-unchanged (lazy AdamW), the cache serves the updated rows right
  * after the step and in later chunks, and the gradient's sum of squares is the dense
- * one. Moments start non-zero and wd > 0, so the lazy and dense updates differ. */
-static void run_train(Backend bk, int depth)
+ * one. Moments start non-zero and wd > 0, so the lazy and dense updates differ.
+ * The cache is write-back: with flush_each the host buffers are flushed and checked
+ * after every step; without, trained units reach the host only when evicted (checked:
+ * some are) or at the final flush, and the rows served in between are checked against
+ * the reference instead. The last step has an edit overlay (the host-side step). */
+/* Rows h[n, FF] served for layer j: the host table's effective rows (exactly),
+ * or, when the host is behind a write-back cache (want != NULL), the reference
+ * rows want[V, FF] -- except rows the overlay shadows, served as they are. */
+static void check_served(const float *h, const StemTables *t, int j, const int *ids, int n, const double *want,
+                         float *ref)
+{
+    stem_tables_gather(t, j, ids, n, ref);
+    if (!want) {
+        g_assert_cmpmem(h, sizeof(float) * n * FF, ref, sizeof(float) * n * FF);
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (stem_tables_has_override(t, j, ids[i])) {
+            g_assert_cmpmem(h + i * FF, sizeof(float) * FF, ref + i * FF, sizeof(float) * FF);
+            continue;
+        }
+        for (int f = 0; f < FF; f++) {
+            double w = want[(size_t)ids[i] * FF + f];
+            g_assert_cmpfloat(fabs(h[i * FF + f] - w), <=, 1e-6 + 1e-5 * fabs(w));
+        }
+    }
+}
+
+static void run_train(Backend bk, int depth, gboolean flush_each)
 {
     Fix fx = fix_new(STEM_TABLE_F32, 41);
     const StemKernels *k = backend(bk);
-    enum { MAXPOS = 40, STEPS = 3 };
+    enum { MAXPOS = 40, STEPS = 8 };
     const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gs = 0.5f;
     GError *err = NULL;
     StemOffload *o = stem_offload_new(fx.t, k, 30, MAXPOS, &err);   /* slots 40: evictions between steps */
@@ -615,7 +660,7 @@ static void run_train(Backend bk, int depth)
     float *d_u = k->alloc(sizeof(float) * MAXPOS * FF), over[FF];
     int *chunks[STEPS], ns[STEPS];
     for (int s = 0; s < STEPS; s++) chunks[s] = draw_chunk(r, MAXPOS, &ns[s]);
-    gboolean touched[V];
+    gboolean touched[V], ever[V] = { FALSE };
     for (int s = 0; s < STEPS; s++) {
         const int *ids = chunks[s], n = ns[s];
         if (s == STEPS - 1) {   /* an edited row: the cache keeps serving the overlay after the step */
@@ -631,8 +676,7 @@ static void run_train(Backend bk, int depth)
             memcpy(prevV[j], Vv[j], sizeof(float) * V * FF);
             stem_offload_rows(o, j, d_u);
             k->download(h, d_u, sizeof(float) * n * FF);
-            stem_tables_gather(fx.t, j, ids, n, ref);
-            g_assert_cmpmem(h, sizeof(float) * n * FF, ref, sizeof(float) * n * FF);
+            check_served(h, fx.t, j, ids, n, flush_each ? NULL : rp[j], ref);
             for (int i = 0; i < n * FF; i++) du[j][i] = (float)g_rand_double_range(r, -1, 1);
             stem_offload_accumulate_grad(o, j, du[j]);
         }
@@ -649,38 +693,67 @@ static void run_train(Backend bk, int depth)
         g_assert_cmpfloat(fabs(sq - dense_sq), <=, 1e-12 * dense_sq);
 
         stem_offload_step(o, P, M, Vv, lr, b1, b2, eps, wd, s + 1, gs);
-
-        int n_touched = 0;
         for (int j = 0; j < NS; j++)
-            for (int tok = 0; tok < V; tok++) {
-                size_t off = (size_t)tok * FF;
-                if (!touched[tok]) {
-                    g_assert_cmpmem(P[j] + off, FF * 4, prevP[j] + off, FF * 4);
-                    g_assert_cmpmem(M[j] + off, FF * 4, prevM[j] + off, FF * 4);
-                    g_assert_cmpmem(Vv[j] + off, FF * 4, prevV[j] + off, FF * 4);
-                    continue;
-                }
-                n_touched++;
-                for (int f = 0; f < FF; f++) {
-                    size_t i = off + f;
+            for (int tok = 0; tok < V; tok++)
+                for (int f = 0; f < FF && touched[tok]; f++) {
+                    size_t i = (size_t)tok * FF + f;
                     torch_adamw(&rp[j][i], &rm[j][i], &rv[j][i], (double)G[(size_t)j * V * FF + i] * gs, lr, b1,
                                 b2, eps, wd, s + 1);
-                    g_assert_cmpfloat(fabs(P[j][i] - rp[j][i]), <=, 1e-6 + 1e-5 * fabs(rp[j][i]));
-                    g_assert_cmpfloat(fabs(M[j][i] - rm[j][i]), <=, 1e-8 + 1e-5 * fabs(rm[j][i]));
-                    g_assert_cmpfloat(fabs(Vv[j][i] - rv[j][i]), <=, 1e-10 + 1e-5 * fabs(rv[j][i]));
                 }
-                g_assert_true(memcmp(P[j] + off, prevP[j] + off, FF * 4) != 0);   /* it did move */
-            }
-        g_assert_cmpint(n_touched, >, 0);
-        /* the cache is coherent with the host table right after the step */
+        for (int tok = 0; tok < V; tok++) ever[tok] |= touched[tok];
+
+        if (flush_each) {
+            stem_offload_flush(o);
+            int n_touched = 0;
+            for (int j = 0; j < NS; j++)
+                for (int tok = 0; tok < V; tok++) {
+                    size_t off = (size_t)tok * FF;
+                    if (!touched[tok]) {
+                        g_assert_cmpmem(P[j] + off, FF * 4, prevP[j] + off, FF * 4);
+                        g_assert_cmpmem(M[j] + off, FF * 4, prevM[j] + off, FF * 4);
+                        g_assert_cmpmem(Vv[j] + off, FF * 4, prevV[j] + off, FF * 4);
+                        continue;
+                    }
+                    n_touched++;
+                    for (int f = 0; f < FF; f++) {
+                        size_t i = off + f;
+                        g_assert_cmpfloat(fabs(P[j][i] - rp[j][i]), <=, 1e-6 + 1e-5 * fabs(rp[j][i]));
+                        g_assert_cmpfloat(fabs(M[j][i] - rm[j][i]), <=, 1e-8 + 1e-5 * fabs(rm[j][i]));
+                        g_assert_cmpfloat(fabs(Vv[j][i] - rv[j][i]), <=, 1e-10 + 1e-5 * fabs(rv[j][i]));
+                    }
+                    g_assert_true(memcmp(P[j] + off, prevP[j] + off, FF * 4) != 0);   /* it did move */
+                }
+            g_assert_cmpint(n_touched, >, 0);
+        }
+        /* the cache serves the updated rows right after the step (the overlay row
+         * as it is: an edit shadows the trained base) */
         for (int j = 0; j < NS; j++) {
             stem_offload_rows(o, j, d_u);
             k->download(h, d_u, sizeof(float) * n * FF);
-            stem_tables_gather(fx.t, j, ids, n, ref);
-            g_assert_cmpmem(h, sizeof(float) * n * FF, ref, sizeof(float) * n * FF);
+            check_served(h, fx.t, j, ids, n, flush_each ? NULL : rp[j], ref);
             if (j == 1 && s == STEPS - 1) g_assert_cmpmem(h, sizeof over, over, sizeof over);
         }
+        if (!flush_each && s == STEPS - 2) {   /* before the overlay step's flush: */
+            StemOffloadStats st;
+            stem_offload_stats(o, &st);
+            g_assert_cmpuint(st.written_back, >, 0);   /* evictions sent trained units home */
+        }
     }
+    /* after the last flush the host holds every step: touched rows follow the
+     * reference, the rest (rows and moments) are bit-unchanged */
+    stem_offload_flush(o);
+    for (int j = 0; j < NS; j++)
+        for (size_t i = 0; i < (size_t)V * FF; i++) {
+            if (!ever[i / FF]) {
+                g_assert_cmpfloat(P[j][i], ==, (float)rp[j][i]);
+                g_assert_cmpfloat(M[j][i], ==, (float)rm[j][i]);
+                g_assert_cmpfloat(Vv[j][i], ==, (float)rv[j][i]);
+                continue;
+            }
+            g_assert_cmpfloat(fabs(P[j][i] - rp[j][i]), <=, 1e-6 + 1e-5 * fabs(rp[j][i]));
+            g_assert_cmpfloat(fabs(M[j][i] - rm[j][i]), <=, 1e-8 + 1e-5 * fabs(rm[j][i]));
+            g_assert_cmpfloat(fabs(Vv[j][i] - rv[j][i]), <=, 1e-10 + 1e-5 * fabs(rv[j][i]));
+        }
     /* a later chunk over everything touched reads the updated rows */
     int32_t all[MAXPOS];
     for (int i = 0; i < MAXPOS; i++) all[i] = chunks[i % STEPS][i % ns[i % STEPS]];
@@ -707,8 +780,10 @@ static void run_train(Backend bk, int depth)
 static void test_train(gconstpointer data)
 {
     Backend bk = (Backend)GPOINTER_TO_INT(data);
-    run_train(bk, 0);
-    run_train(bk, 1);
+    for (int flush_each = 0; flush_each < 2; flush_each++) {
+        run_train(bk, 0, flush_each);
+        run_train(bk, 1, flush_each);
+    }
 }
 
 /* One step from zero moments with wd = 0 moves exactly the rows a dense AdamW over the
@@ -738,6 +813,7 @@ static void test_train_dense(void)
         stem_offload_accumulate_grad(o, j, du[j]);
     }
     stem_offload_step(o, P, M, Vv, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1, 0.7f);
+    stem_offload_flush(o);   /* write-back cache: the host buffers are current after a flush */
     for (int j = 0; j < NS; j++) {
         op_adamw(dP[j], G[j], dM[j], dV[j], (size_t)V * FF, 3e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1, 0.7f);
         g_assert_cmpmem(P[j], sizeof(float) * V * FF, dP[j], sizeof(float) * V * FF);
