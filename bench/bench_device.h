@@ -103,11 +103,11 @@ static inline void bench_print_offload(FILE *f, StemModel *m, double frac)
             ", \"hit_rate\": %.4f, \"evictions\": %" G_GUINT64_FORMAT ", \"rows_moved\": %" G_GUINT64_FORMAT
             ", \"bytes_moved\": %" G_GUINT64_FORMAT ", \"bytes_moved_per_chunk\": %.0f, "
             "\"copy_ms\": %.3f, \"stall_ms\": %.3f, \"copy_ms_per_chunk\": %.3f, \"stall_ms_per_chunk\": %.3f, "
-            "\"overlap\": %.4f},\n",
+            "\"overlap\": %.4f, \"written_back\": %" G_GUINT64_FORMAT ", \"bytes_written_back_per_chunk\": %.0f},\n",
             frac, s.capacity, s.slots, c->chunks, s.positions, s.unique, s.dedup_saving, c->lookups, c->hits,
             c->misses, c->lookups ? (double)c->hits / (double)c->lookups : 0.0, c->evictions, c->rows_moved,
             c->bytes_moved, (double)c->bytes_moved / chunks, s.copy_ms, s.stall_ms, s.copy_ms / chunks,
-            s.stall_ms / chunks, s.overlap);
+            s.stall_ms / chunks, s.overlap, s.written_back, (double)s.bytes_written_back / chunks);
 }
 
 #endif

@@ -82,6 +82,8 @@ def side_train(runs):
             "bytes_moved_per_chunk": mean("bytes_moved_per_chunk"),
             "copy_ms_per_chunk": mean("copy_ms_per_chunk"), "stall_ms_per_chunk": mean("stall_ms_per_chunk"),
             "overlap": mean("overlap"), "evictions": sum(o["evictions"] for o in offs),
+            "bytes_written_back_per_chunk": mean("bytes_written_back_per_chunk")
+            if all("bytes_written_back_per_chunk" in o for o in offs) else None,
         }
     return res
 
@@ -205,7 +207,8 @@ def main():
             os_ = o.get("offload") or {}
             extra = (f"off/dev step {fx(rr)}x (goal <= 1.1: {'MET' if rr and rr <= 1.1 else 'not met' if rr else 'n/a'}); "
                      f"hit {fx(os_.get('hit_rate'))}, dedup {fx(os_.get('dedup_saving'))}, "
-                     f"{human(os_.get('bytes_moved_per_chunk'))}B/step, copy {fx(os_.get('copy_ms_per_chunk'))} ms, "
+                     f"{human(os_.get('bytes_moved_per_chunk'))}B/step in (rows), "
+                     f"{human(os_.get('bytes_written_back_per_chunk'))}B/step back, copy {fx(os_.get('copy_ms_per_chunk'))} ms, "
                      f"stall {fx(os_.get('stall_ms_per_chunk'))} ms, overlap {fx(os_.get('overlap'))}, "
                      f"slots {os_.get('slots', '-')}/cap {os_.get('capacity', '-')}") if os_ else ""
             row(f"ours, offload {f}", o, extra)
