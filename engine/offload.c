@@ -62,7 +62,7 @@
  * deduplicated and kept DEFERRED: its lookup and copies happen in its begin(),
  * once chunk i is released (then it always fits: slots >= max_positions).
  * Lookups stay in staging order, so a chunk behind a deferred one is deferred
- * too. Nothing fails for lack of room; the copy just does not overlap..
+ * too. Nothing fails for lack of room; the copy just does not overlap.
  *
  * ---- Training: a write-back cache of rows and moments ----
  * The host keeps every row and its AdamW moments (the caller's buffers: the
@@ -118,7 +118,7 @@ struct StemOffload {
     int32_t *d_pslot;     /* backend [max_positions] slot per position of the current chunk */
     int32_t *d_inverse;   /* backend [max_positions] unique index per position */
     float *d_grad;        /* backend [max_unique, W] row gradients; NULL until training */
-    float *h_grad;        /* host [max_unique, W]: the host-side step (overlay present); NULL until then */
+    float *h_grad;        /* host [max_unique, W]: gradients of the host-side step (overlay); NULL until then */
 
     /* Offloaded training, set up by the first step() (train_init): the cache is
      * a WRITE-BACK cache of rows and their AdamW moments (see "Training" above). */
@@ -311,7 +311,7 @@ int stem_offload_max_positions(const StemOffload *o) { return o->max_positions; 
 typedef struct {
     StemOffload *o;
     const int32_t *tokens;
-    float *rows, *mv;     /* gather: staging (rows; moments m units then v units) */
+    float *rows, *mv;     /* gather: staging (rows, NULL: moments only; moments m units then v units) */
     const float *packed;  /* scatter: [n, W] rows | [n, W] m | [n, W] v */
     int n;
 } UnitCopy;
@@ -324,7 +324,7 @@ static void gather_units_part(void *p, size_t b, size_t e)
     for (size_t u = b; u < e; u++) {
         const size_t off = (size_t)c->tokens[u] * F;
         for (int j = 0; j < o->n_stem; j++) {
-            stem_tables_row(o->t, j, c->tokens[u], c->rows + u * W + (size_t)j * F);
+            if (c->rows) stem_tables_row(o->t, j, c->tokens[u], c->rows + u * W + (size_t)j * F);
             if (!o->training) continue;   /* the moments travel with the row */
             memcpy(c->mv + u * W + (size_t)j * F, o->hm[j] + off, F * sizeof(float));
             memcpy(c->mv + ((size_t)o->max_unique + u) * W + (size_t)j * F, o->hv[j] + off, F * sizeof(float));
@@ -638,16 +638,23 @@ void stem_offload_rows(StemOffload *o, int j, float *u)
     o->reads_pending = TRUE;
 }
 
+/* Training state is allocated when first needed; out of memory there is fatal
+ * (the caller is mid-step and has no way to back out). */
+static void *train_alloc(StemOffload *o, size_t bytes, const char *what)
+{
+    void *p = o->k->alloc(bytes);
+    if (!p)
+        g_error("offloaded tables: cannot allocate %.1f MiB of %s memory for %s", bytes / 1048576.0, o->k->name,
+                what);
+    return p;
+}
+
 /* Training starts on the first gradient: the buffers are made then, zeroed for
  * the current chunk (begin() zeroes them for every later one). */
 static void ensure_grad(StemOffload *o)
 {
     if (o->d_grad) return;
-    const size_t bytes = (size_t)o->max_unique * o->W * sizeof(float);
-    o->d_grad = o->k->alloc(bytes);
-    if (!o->d_grad)
-        g_error("offloaded tables: cannot allocate %.1f MiB of %s memory for the row gradients", bytes / 1048576.0,
-                o->k->name);
+    o->d_grad = train_alloc(o, (size_t)o->max_unique * o->W * sizeof(float), "the row gradients");
     const Chunk *c = &o->rec[o->cur];
     if (c->n_unique > 0) o->k->zero(o->d_grad, (size_t)c->n_unique * o->W * sizeof(float));
 }
@@ -693,15 +700,6 @@ double stem_offload_grad_sumsq(StemOffload *o)
     return s;
 }
 
-static void *train_alloc(StemOffload *o, size_t bytes, const char *what)
-{
-    void *p = o->k->alloc(bytes);
-    if (!p)
-        g_error("offloaded tables: cannot allocate %.1f MiB of %s memory for %s", bytes / 1048576.0, o->k->name,
-                what);
-    return p;
-}
-
 static void *train_host_alloc(StemOffload *o, size_t bytes, const char *what)
 {
     void *p = o->k->host_alloc(bytes);
@@ -743,30 +741,26 @@ static void train_init(StemOffload *o, float *const *params, float *const *adam_
     o->dirty = g_new0(guint8, o->slots);
     o->wb_slot = g_new(int32_t, o->slots);
     o->wb_tok = g_new(int32_t, o->slots);
-    /* every resident unit (current, staged, or just cached) gets its moments;
-     * synchronous uploads through the (idle) first moment buffer */
-    float *buf = o->staging_mv[0];
+    o->training = TRUE;   /* from here on, gathers carry the moments */
+    /* every resident unit (current, staged, or just cached) gets its moments,
+     * through the (idle) first moment buffer, in waves of max_unique */
     int n = 0;
-    for (int s = 0; s <= o->slots; s++) {
-        const int tok = s < o->slots ? o->slot_token[s] : -1;
-        if (tok >= 0 && stem_rowcache_slot_of(o->rc, tok) == s) {
-            for (int j = 0; j < o->n_stem; j++) {
-                const size_t off = (size_t)tok * o->F;
-                memcpy(buf + (size_t)n * W + (size_t)j * o->F, adam_m[j] + off, (size_t)o->F * sizeof(float));
-                memcpy(buf + ((size_t)o->max_unique + n) * W + (size_t)j * o->F, adam_v[j] + off,
-                       (size_t)o->F * sizeof(float));
-            }
-            o->wb_slot[n++] = s;
-        }
-        if (n == o->max_unique || (s == o->slots && n > 0)) {
-            for (int u = 0; u < n; u++) {
-                k->upload(o->d_m + (size_t)o->wb_slot[u] * W, buf + (size_t)u * W, unit);
-                k->upload(o->d_v + (size_t)o->wb_slot[u] * W, buf + ((size_t)o->max_unique + u) * W, unit);
-            }
-            n = 0;
+    for (int s = 0; s < o->slots; s++) {
+        const int tok = o->slot_token[s];
+        if (tok < 0 || stem_rowcache_slot_of(o->rc, tok) != s) continue;
+        o->wb_tok[n] = tok;
+        o->wb_slot[n++] = s;
+    }
+    float *mv = o->staging_mv[0];
+    for (int u0 = 0; u0 < n; u0 += o->max_unique) {
+        const int m = MIN(o->max_unique, n - u0);
+        UnitCopy uc = { .o = o, .tokens = o->wb_tok + u0, .mv = mv };
+        pool_for((size_t)m, 8, gather_units_part, &uc);
+        for (int u = 0; u < m; u++) {
+            k->upload(o->d_m + (size_t)o->wb_slot[u0 + u] * W, mv + (size_t)u * W, unit);
+            k->upload(o->d_v + (size_t)o->wb_slot[u0 + u] * W, mv + ((size_t)o->max_unique + u) * W, unit);
         }
     }
-    o->training = TRUE;
 }
 
 typedef struct {
@@ -798,7 +792,7 @@ static void row_step_part(void *p, size_t b, size_t e)
 static void host_step(StemOffload *o, const Chunk *c, const RowStepCtx *rs)
 {
     const StemKernels *k = o->k;
-    const int nu = c->n_unique, F = o->F;
+    const int nu = c->n_unique;
     const size_t W = (size_t)o->W;
     stem_offload_flush(o);
     if (!o->h_grad) o->h_grad = g_malloc((size_t)o->max_unique * W * sizeof(float));
@@ -807,25 +801,10 @@ static void host_step(StemOffload *o, const Chunk *c, const RowStepCtx *rs)
     /* rows are independent: split them over the pool (op_adamw runs inline
      * inside a task; elementwise, so the bits do not depend on the split) */
     pool_for((size_t)nu, 16, row_step_part, (void *)rs);
-    /* the gradients are consumed: h_grad stages the units going back, the
-     * effective rows (an overlay row still shadows its base), then m, then v */
-    for (int pass = 0; pass < 3; pass++) {
-        float *dst = pass == 0 ? o->cache : pass == 1 ? o->d_m : o->d_v;
-        float *const *src = pass == 1 ? rs->adam_m : rs->adam_v;
-        if (pass > 0 && !o->training) break;
-        for (int u = 0; u < nu; u++)
-            for (int j = 0; j < o->n_stem; j++) {
-                float *out = o->h_grad + u * W + (size_t)j * F;
-                if (pass == 0) stem_tables_row(o->t, j, c->unique[u], out);
-                else memcpy(out, src[j] + (size_t)c->unique[u] * F, (size_t)F * sizeof(float));
-            }
-        for (int u = 0; u < nu;) {
-            int e = u + 1;
-            while (e < nu && c->uslot[e] == c->uslot[e - 1] + 1) e++;
-            k->upload(dst + (size_t)c->uslot[u] * W, o->h_grad + u * W, (size_t)(e - u) * W * sizeof(float));
-            u = e;
-        }
-    }
+    /* keep the cache coherent: the chunk's units go back into their slots, the
+     * EFFECTIVE rows (an overlay row still shadows its base) and their moments;
+     * later compute waits for the copies */
+    k->compute_wait(upload_units(o, c->unique, c->uslot, nu));
 }
 
 void stem_offload_step(StemOffload *o, float *const *params, float *const *adam_m, float *const *adam_v,
